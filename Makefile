@@ -1,0 +1,32 @@
+# The two commands that matter: `make run` (build if needed, then serve) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+ARTIFACTS_DIR ?= artifacts
+SHARED_CSV := ../shared/data/spotify_tracks_114k.csv.gz
+# Your own data/dataset.csv wins, then the shared 114k file; with neither, the synthetic demo catalog.
+DATA_CSV ?= $(firstword $(wildcard data/dataset.csv) $(wildcard $(SHARED_CSV)))
+export PORT ARTIFACTS_DIR
+
+.PHONY: install build run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+build: install
+	$(PY) -m indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
+
+run: install
+	@test -e $(ARTIFACTS_DIR)/current || $(MAKE) --no-print-directory build
+	$(PY) -m app
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The autoencoder and its feature scaler (no I/O here)."""
