@@ -1,0 +1,203 @@
+"""Max-similarity scoring against brute force on a small synthetic catalog."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from index.catalog import TrackTable
+from index.faiss_index import build_index
+from index.recommend import Filters, Query, Recommender, ScoringParams, Seed, seeds_from_events
+
+N, DIM = 600, 32
+GENRES = ["pop", "rock", "jazz", "folk", "metal", "rare"]
+
+
+def _catalog(seed: int = 0) -> tuple[np.ndarray, TrackTable]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(N, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    genre = [GENRES[i % 5] for i in range(N)]
+    for i in range(0, N, 100):  # a rare genre: 6 tracks
+        genre[i] = "rare"
+    frame = pd.DataFrame({
+        "id": [f"t{i:04d}" for i in range(N)],
+        "name": [f"Song {i}" for i in range(N)],
+        "artists": [f"Artist {i % 40}" for i in range(N)],
+        "artist": [f"Artist {i % 40}" for i in range(N)],
+        "album": [f"Album {i % 120}" for i in range(N)],
+        "genre": genre, "genres": genre,
+        "popularity": rng.integers(0, 101, N), "explicit": rng.random(N) < 0.3,
+        "danceability": rng.random(N),
+    })
+    return vectors, TrackTable.from_frame(frame, ["danceability"])
+
+
+VECTORS, TRACKS = _catalog()
+PURE = ScoringParams(artist_weight=0.0)
+
+
+def _recommender(params: ScoringParams = PURE, tracks: TrackTable = TRACKS, vectors: np.ndarray = VECTORS) -> Recommender:
+    return Recommender(vectors, build_index(vectors, "flat"), tracks, params)
+
+
+def brute_force(seeds: list[Seed], k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float, int]]:
+    rows = np.array([s.row for s in seeds])
+    weights = np.array([s.weight for s in seeds], dtype=np.float32)
+    per_seed = (VECTORS @ VECTORS[rows].T) * weights
+    best = per_seed.argmax(axis=1)
+    score = per_seed.max(axis=1)
+    ranked = [(int(r), float(score[r]), int(rows[best[r]])) for r in np.argsort(-score, kind="stable")
+              if r not in set(rows) | set(exclude)]
+    return ranked[:k]
+
+
+def test_max_aggregation_matches_brute_force() -> None:
+    seeds = [Seed(r, 1.0) for r in (3, 77, 150, 420)]
+    hits = _recommender().recommend(Query(seeds=seeds, k=25, artist_weight=0.0))
+    expected = brute_force(seeds, 25)
+    assert [h.row for h in hits] == [r for r, _, _ in expected]
+    np.testing.assert_allclose([h.score for h in hits], [s for _, s, _ in expected], rtol=1e-5)
+    assert [h.because for h in hits] == [b for _, _, b in expected]
+
+
+def test_seed_weights_scale_each_seeds_similarity() -> None:
+    seeds = [Seed(10, 1.0), Seed(20, 0.3), Seed(30, 0.6)]
+    hits = _recommender().recommend(Query(seeds=seeds, k=15))
+    assert [(h.row, h.because) for h in hits] == [(r, b) for r, _, b in brute_force(seeds, 15)]
+
+
+def test_seeds_are_never_returned_and_exclusions_still_fill_k() -> None:
+    seeds = [Seed(5, 1.0), Seed(6, 1.0)]
+    top = [h.row for h in _recommender().recommend(Query(seeds=seeds, k=40))]
+    exclude = top[:30]
+    hits = _recommender().recommend(Query(seeds=seeds, k=40, exclude=exclude))
+    assert len(hits) == 40
+    assert not {h.row for h in hits} & (set(exclude) | {5, 6})
+    assert [h.row for h in hits] == [r for r, _, _ in brute_force(seeds, 40, set(exclude))]
+
+
+def test_a_skip_pushes_its_neighbours_down() -> None:
+    seeds = [Seed(100, 1.0)]
+    before = _recommender().recommend(Query(seeds=seeds, k=10))
+    skipped = before[0].row
+    close_to_skip = int(np.argsort(-(VECTORS @ VECTORS[skipped]))[1])
+    after = _recommender().recommend(Query(seeds=seeds, k=10, negatives=[skipped]))
+    assert skipped not in {h.row for h in after}
+    rank = {h.row: i for i, h in enumerate(after)}
+    old_rank = {h.row: i for i, h in enumerate(before)}
+    if close_to_skip in old_rank:
+        assert rank.get(close_to_skip, 99) >= old_rank[close_to_skip]
+    for hit in after:
+        raw = float(VECTORS[hit.row] @ VECTORS[100])
+        penalty = PURE.skip_penalty * max(0.0, float(VECTORS[hit.row] @ VECTORS[skipped]))
+        assert hit.score == pytest.approx(raw - penalty, abs=1e-5)
+
+
+def test_session_events_become_weighted_seeds_and_negatives() -> None:
+    row_of = TRACKS.row_of
+    events = [("skip", "t0002"), ("like", "t0001"), ("track_view", "t0002"), ("track_view", "t0003"),
+              ("track_view", "t0001"), ("track_view", "gone")]  # newest first
+    params = ScoringParams()
+    session = seeds_from_events(events, row_of, params)
+    assert session.negatives == [2]
+    weights = {s.row: s.weight for s in session.seeds}
+    assert set(weights) == {1, 3}
+    assert weights[1] == pytest.approx(params.like_weight * params.recency_decay ** 1)
+    assert weights[3] == pytest.approx(params.view_weight * params.recency_decay ** 3)
+    assert sorted(session.seen) == [1, 2, 3]
+
+
+def test_likes_outweigh_views() -> None:
+    params = ScoringParams()
+    liked = seeds_from_events([("like", "t0010")], TRACKS.row_of, params).seeds[0].weight
+    viewed = seeds_from_events([("track_view", "t0010")], TRACKS.row_of, params).seeds[0].weight
+    assert liked > viewed
+
+
+@pytest.mark.parametrize("filters", [
+    Filters(genres=frozenset({"rare"})),
+    Filters(explicit=True),
+    Filters(min_popularity=95),
+    Filters(genres=frozenset({"jazz", "rare"}), explicit=False, max_popularity=50),
+], ids=["rare-genre", "explicit", "popular", "combined"])
+def test_filters_still_fill_k_when_k_exist(filters: Filters) -> None:
+    rec = _recommender()
+    allowed = np.flatnonzero(rec._filter_mask(np.arange(N), filters))
+    k = min(20, len(allowed) - 1)
+    hits = rec.recommend(Query(seeds=[Seed(7, 1.0)], k=k, filters=filters))
+    assert len(hits) == k
+    assert {h.row for h in hits} <= set(allowed.tolist())
+
+
+def test_the_same_song_under_two_ids_appears_once() -> None:
+    vectors = VECTORS.copy()
+    vectors[201] = vectors[200]  # a duplicate listing: same name and artist, another id
+    frame_tracks = _catalog()[1]
+    name = frame_tracks.name.copy()
+    name[201] = name[200]
+    artist = frame_tracks.artist.copy()
+    artist[201] = artist[200]
+    frame = pd.DataFrame({"id": frame_tracks.ids, "name": name, "artists": artist, "artist": artist,
+                          "album": frame_tracks.album, "genre": frame_tracks.genre, "genres": frame_tracks.genres,
+                          "popularity": frame_tracks.popularity, "explicit": frame_tracks.explicit,
+                          "danceability": frame_tracks.features[:, 0]})
+    tracks = TrackTable.from_frame(frame, ["danceability"])
+    rec = _recommender(tracks=tracks, vectors=vectors)
+    hits = rec.recommend(Query(seeds=[Seed(int(np.argsort(-(vectors @ vectors[200]))[2]), 1.0)], k=30))
+    assert len({200, 201} & {h.row for h in hits}) == 1
+    # And a seed's duplicate listing is not recommended back.
+    hits = rec.recommend(Query(seeds=[Seed(200, 1.0)], k=30))
+    assert 201 not in {h.row for h in hits}
+
+
+def test_artist_affinity_lifts_same_artist_tracks() -> None:
+    seed = Seed(12, 1.0)
+    content = _recommender().recommend(Query(seeds=[seed], k=20, artist_weight=0.0))
+    boosted = _recommender().recommend(Query(seeds=[seed], k=20, artist_weight=0.5))
+    same_artist = set(TRACKS.artist_rows[TRACKS.artist[12]].tolist()) - {12}
+    assert len(same_artist & {h.row for h in boosted}) > len(same_artist & {h.row for h in content})
+    same_album = set(TRACKS.album_rows[TRACKS.album_key[12]].tolist()) - {12}
+    for hit in boosted:
+        cos = float(VECTORS[hit.row] @ VECTORS[12])
+        a = 1.0 if hit.row in same_album else (PURE.artist_share if hit.row in same_artist else 0.0)
+        assert hit.score == pytest.approx(cos + 0.5 * a, abs=1e-5)
+
+
+def test_diversity_spreads_the_answer() -> None:
+    seeds = [Seed(r, 1.0) for r in (1, 2)]
+
+    def spread(diversity: float) -> float:
+        rows = [h.row for h in _recommender().recommend(Query(seeds=seeds, k=15, diversity=diversity))]
+        sims = VECTORS[rows] @ VECTORS[rows].T
+        return float(sims[np.triu_indices(len(rows), 1)].mean())
+
+    assert spread(0.7) < spread(0.0)
+
+
+def test_cold_start_spreads_popular_tracks_across_genres() -> None:
+    hits = _recommender().recommend(Query(seeds=[], k=12))
+    assert len(hits) == 12 and all(h.because == -1 for h in hits)
+    first_round = [TRACKS.genre[h.row] for h in hits[:len(GENRES)]]
+    assert sorted(first_round) == sorted(GENRES)
+    top = max(range(N), key=lambda r: (TRACKS.popularity[r], -r))
+    assert hits[0].row == top
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed_rows=st.lists(st.integers(0, N - 1), min_size=1, max_size=12, unique=True),
+    k=st.integers(1, 60),
+    negatives=st.lists(st.integers(0, N - 1), max_size=4, unique=True),
+    artist_weight=st.sampled_from([0.0, 0.15, 1.0]),
+)
+def test_answers_are_sorted_complete_and_clean(seed_rows, k, negatives, artist_weight) -> None:
+    hits = _recommender().recommend(Query(seeds=[Seed(r, 1.0) for r in seed_rows], k=k, negatives=negatives,
+                                          artist_weight=artist_weight))
+    assert len(hits) == min(k, N - len(set(seed_rows) | set(negatives)))
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert not {h.row for h in hits} & (set(seed_rows) | set(negatives))
+    assert all(h.because in seed_rows for h in hits)
