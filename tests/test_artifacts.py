@@ -1,0 +1,121 @@
+"""Artefact sets: manifest contract, round trip, atomic output, refusal of corrupt sets."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.artifacts import (
+    CURRENT, EMBEDDINGS, INDEX, MANIFEST, TRACKS, ArtifactError, load_artifacts, read_manifest, resolve_version_dir,
+)
+from index.faiss_index import build_index, exact_search
+from indexer.pipeline import BuildOptions, build_version
+
+FAST = BuildOptions(epochs=2, seed=1, progress=False, eval_sample=200)
+
+
+def test_manifest_holds_the_contract_fields(demo_artifacts: Path, demo_catalog_small) -> None:
+    raw = json.loads((demo_artifacts / MANIFEST).read_text())
+    for field in ("model_version", "created_at", "n_tracks", "dim", "features", "source", "demo", "index_type",
+                  "train_loss", "val_loss", "checksums"):
+        assert field in raw, field
+    assert raw["n_tracks"] == len(demo_catalog_small.tracks)
+    assert raw["dim"] == 32 and raw["demo"] is True and raw["index_type"] == "flat"
+    assert raw["features"] == list(demo_catalog_small.features)
+    assert set(raw["checksums"]) >= {EMBEDDINGS, INDEX, TRACKS}
+    for key in ("genre_agreement@10_embedding", "genre_agreement@10_raw", "reconstruction_mse", "ann_recall@20"):
+        assert 0.0 <= raw["metrics"][key] <= 1.0 or key == "reconstruction_mse"
+
+
+def test_round_trip_gives_the_same_neighbours(demo_artifacts: Path) -> None:
+    loaded = load_artifacts(demo_artifacts)
+    emb = np.asarray(loaded.embeddings)
+    assert isinstance(loaded.embeddings, np.memmap)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    queries = emb[:25]
+    _, via_index = loaded.index.search(queries, 10)
+    _, exact = exact_search(emb, queries, 10)
+    assert (via_index[:, 0] == np.arange(25)).all()
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(via_index, exact)]) == 1.0
+    assert loaded.tracks.ids[0] == loaded.tracks.ids[loaded.tracks.row_of[loaded.tracks.ids[0]]]
+
+
+def test_loading_imports_no_torch(demo_artifacts: Path) -> None:
+    code = ("import sys; from index.artifacts import load_artifacts; "
+            f"load_artifacts({str(demo_artifacts)!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_or_incomplete_sets_are_refused(demo_artifacts: Path, tmp_path: Path) -> None:
+    corrupt = _copy(demo_artifacts, tmp_path / "corrupt")
+    emb = np.load(corrupt / EMBEDDINGS)
+    emb[0, 0] += 1.0
+    np.save(corrupt / EMBEDDINGS, emb)
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_artifacts(corrupt)
+    missing = _copy(demo_artifacts, tmp_path / "missing")
+    (missing / INDEX).unlink()
+    with pytest.raises(ArtifactError, match="index.faiss is missing"):
+        load_artifacts(missing)
+    mismatch = _copy(demo_artifacts, tmp_path / "mismatch")
+    manifest = json.loads((mismatch / MANIFEST).read_text())
+    manifest["n_tracks"] += 1
+    (mismatch / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="manifest says"):
+        load_artifacts(mismatch)
+    with pytest.raises(ArtifactError, match="no such artefact directory"):
+        load_artifacts(tmp_path / "nowhere")
+
+
+def test_output_is_atomic_and_never_overwritten_silently(demo_catalog_small, tmp_path: Path) -> None:
+    out = tmp_path / "v"
+    first = build_version(demo_catalog_small, FAST, out=out)
+    with pytest.raises(ArtifactError, match="already exists"):
+        build_version(demo_catalog_small, FAST, out=out)
+    assert read_manifest(out).model_version == first.manifest.model_version
+    # A failure while writing (a track table parquet cannot store) leaves nothing behind.
+    broken = type(demo_catalog_small)(
+        tracks=demo_catalog_small.tracks.assign(name=[object()] * len(demo_catalog_small.tracks)),
+        features=demo_catalog_small.features, report=demo_catalog_small.report, demo=True, source=None)
+    with pytest.raises(Exception):
+        build_version(broken, FAST, out=tmp_path / "w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+    replaced = build_version(demo_catalog_small, BuildOptions(epochs=2, seed=2, progress=False, eval_sample=200),
+                             out=out, replace=True)
+    assert read_manifest(out).seed == 2 == replaced.manifest.seed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
+def test_root_layout_switches_current(demo_catalog_small, tmp_path: Path) -> None:
+    one = build_version(demo_catalog_small, FAST, root=tmp_path)
+    assert resolve_version_dir(tmp_path) == one.path.resolve()
+    two = build_version(demo_catalog_small, BuildOptions(epochs=2, seed=9, progress=False, eval_sample=200),
+                        root=tmp_path)
+    assert (tmp_path / CURRENT).is_symlink()
+    assert load_artifacts(tmp_path).model_version == two.manifest.model_version != one.manifest.model_version
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
+    rng = np.random.default_rng(0)  # clustered, as real embeddings are (uniform noise defeats any ANN)
+    centres = rng.normal(size=(40, 32))
+    vectors = (centres[rng.integers(0, 40, 5000)] + 0.35 * rng.normal(size=(5000, 32))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = build_index(vectors, index_type)
+    _, found = index.search(vectors[:50], 20)
+    _, truth = exact_search(vectors, vectors[:50], 20)
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, truth)])
+    assert recall >= 0.9, recall
