@@ -30,7 +30,7 @@ class ScoringParams:
     view_weight: float = 0.8
     recency_decay: float = 0.95     # weight × decay**age, age 0 = newest event of the session
     skip_penalty: float = 0.25
-    artist_weight: float = 0.15     # default of the affinity term; 0 = pure content scoring
+    artist_weight: float = 0.25     # affinity default, from benchmarks/quality.py; 0 = pure content
     artist_share: float = 0.75      # a(s, c) for a shared artist (same album counts 1.0)
     per_artist_candidates: int = 200
     min_depth: int = 64             # ANN hits per seed, at least
