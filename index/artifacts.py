@@ -177,6 +177,8 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
     expected = (manifest.n_tracks, manifest.dim)
     if embeddings.shape != expected or embeddings.dtype != np.float32:
         raise ArtifactError(f"{version_dir}: embeddings {embeddings.shape}/{embeddings.dtype}, manifest says {expected}/float32")
+    if not np.isfinite(embeddings).all():
+        raise ArtifactError(f"{version_dir}: embeddings contain NaN or infinite values")
     if index.ntotal != manifest.n_tracks or index.d != manifest.dim:
         raise ArtifactError(f"{version_dir}: index holds {index.ntotal}×{index.d}, manifest says {expected}")
     if len(tracks) != manifest.n_tracks:

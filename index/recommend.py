@@ -113,15 +113,22 @@ def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
 
 
 class Recommender:
-    """Scores candidates for one artefact version; immutable, safe for concurrent searches."""
+    """Scores candidates for one artefact version; safe for concurrent searches.
+
+    Its only mutable state is the neighbour memo, which caches answers and never changes one.
+    """
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
-                 params: ScoringParams = ScoringParams()) -> None:
+                 params: ScoringParams = ScoringParams(), *, memo: bool = True) -> None:
         self.embeddings = embeddings
+        self._vectors = np.asarray(embeddings)  # a plain view of a memmap: cheaper to index per request
         self.index = index
         self.tracks = tracks
         self.params = params
         self.n = len(tracks)
+        self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth) if memo and index is not None else None
+        self._links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._links_max = 200_000
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
@@ -130,28 +137,39 @@ class Recommender:
         if not query.seeds:
             return self.popular(query.k, query.filters, query.exclude)
         p = self.params
-        seed_rows = np.fromiter((s.row for s in query.seeds), dtype=np.int64)
-        weights = np.fromiter((s.weight for s in query.seeds), dtype=np.float32)
-        seed_vecs = np.ascontiguousarray(self.embeddings[seed_rows], dtype=np.float32)
-        neg_rows = np.unique(np.asarray(query.negatives, dtype=np.int64))
-        banned = np.unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
+        seed_rows = np.fromiter((s.row for s in query.seeds), dtype=np.int64, count=len(query.seeds))
+        weights = np.fromiter((s.weight for s in query.seeds), dtype=np.float32, count=len(query.seeds))
+        seed_vecs = self._rows(seed_rows)
+        neg_rows = _unique(np.asarray(query.negatives, dtype=np.int64))
+        banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
         artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
-        ctx = _Context(query, seed_rows, seed_vecs, weights, neg_rows, banned,
-                       np.unique(self.tracks.song_key[banned]), artist_weight)
-        affinity_rows = self._affinity_candidates(seed_rows) if artist_weight > 0 else np.empty(0, np.int64)
+        ctx = _Context(query, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
+                       _unique(self.tracks.song_key.take(banned)), artist_weight,
+                       self._seed_links(seed_rows) if artist_weight > 0 else None)
+        affinity_rows = ctx.links.candidates if ctx.links is not None else np.empty(0, np.int64)
 
         depth = max(p.min_depth, query.k + len(banned) + 16)
         for _ in range(p.max_rounds):
             if depth * 4 >= self.n:
                 break  # a search this deep costs as much as the exact scan below
-            _, ann = self.index.search(seed_vecs, depth)
-            hits = self._score(np.union1d(ann[ann >= 0], affinity_rows), ctx)
+            ann = self._search(seed_rows, seed_vecs, depth)
+            hits = self._score(_unique(np.concatenate([ann.astype(np.int64, copy=False), affinity_rows])), ctx)
             if len(hits) >= query.k:
                 return hits
             depth *= 4
         # Exact fallback: every row that passes the filters, so k hits come back whenever k exist.
         everything = np.arange(self.n, dtype=np.int64)
         return self._score(everything[self._filter_mask(everything, query.filters)], ctx)
+
+    def _search(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
+        """Row numbers of each seed's ``depth`` nearest tracks (any order, repeats allowed).
+
+        The one place candidates come from; a benchmark overrides it to compare sources.
+        """
+        if self._memo is not None and self._memo.serves(depth):
+            return self._memo.search(self.index, seed_rows, seed_vecs, depth)
+        _, ann = self.index.search(seed_vecs, depth)
+        return ann[ann >= 0]
 
     def popular(self, k: int, filters: Filters = Filters(), exclude: Sequence[int] = ()) -> list[Hit]:
         """Cold start: popular tracks spread across genres, honouring filters and exclusions."""
@@ -166,54 +184,104 @@ class Recommender:
 
     # -- internals ------------------------------------------------------------------------
     def _score(self, candidates: np.ndarray, ctx: "_Context") -> list[Hit]:
+        """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first.
+
+        Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
+        (numpy's max/argmax along a short last axis cost more than the product itself).
+        """
         t, p, q = self.tracks, self.params, ctx.query
-        keep = ~np.isin(candidates, ctx.banned) & ~np.isin(t.song_key[candidates], ctx.banned_songs)
-        candidates = candidates[keep]
-        candidates = candidates[self._filter_mask(candidates, q.filters)]
+        # A banned row's song key is among the banned songs, so one lookup covers both.
+        candidates = candidates[~_member(t.song_key.take(candidates), ctx.banned_songs)]
+        if q.filters.active:
+            candidates = candidates[self._filter_mask(candidates, q.filters)]
         if not len(candidates):
             return []
-        vecs = np.asarray(self.embeddings[candidates], dtype=np.float32)
-        per_seed = vecs @ ctx.seed_vecs.T
+        vecs = self._rows(candidates)
+        # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
+        # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
+        per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
         if ctx.artist_weight > 0:
-            per_seed += ctx.artist_weight * self._affinity(candidates, ctx.seed_rows)
+            self._add_affinity(per_seed, candidates, ctx.links, ctx.artist_weight)
         per_seed *= ctx.weights
-        best = np.argmax(per_seed, axis=1)
-        score = per_seed[np.arange(len(candidates)), best]
+        score = per_seed.max(axis=0)
         if len(ctx.neg_rows):
-            neg_vecs = np.asarray(self.embeddings[ctx.neg_rows], dtype=np.float32)
-            score -= p.skip_penalty * np.maximum((vecs @ neg_vecs.T).max(axis=1), 0.0)
-        order = np.argsort(-score, kind="stable")
-        # The same song under several ids: keep its best-scoring id only.
-        _, first = np.unique(t.song_key[candidates[order]], return_index=True)
-        order = order[np.sort(first)]
+            neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
+            score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
+        need = max(4 * q.k, 100) if q.diversity > 0 else q.k
+        order = _first_per_song(_ranking(score, need), t.song_key.take(candidates), need, score)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
         else:
             order = order[:q.k]
-        return [Hit(int(candidates[i]), float(score[i]), int(ctx.seed_rows[best[i]])) for i in order]
+        because = ctx.seed_rows[per_seed[:, order].argmax(axis=0)].tolist()
+        return [Hit(r, s, b) for r, s, b in zip(candidates[order].tolist(), score[order].tolist(), because)]
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._vectors.take(rows, axis=0).astype(np.float32, copy=False)
 
     def _artist_rows(self, row: int) -> list[np.ndarray]:
         t = self.tracks
         return [r for a in t.artists[row].split(";") if (r := t.artist_rows.get(a.strip())) is not None]
 
-    def _affinity_candidates(self, seed_rows: np.ndarray) -> np.ndarray:
-        """The seeds' artists' tracks (capped, most popular first): candidates the ANN may miss."""
-        cap = self.params.per_artist_candidates
-        parts = [rows[:cap] for row in seed_rows for rows in self._artist_rows(int(row))]
-        return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
+    def _track_links(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One track's (capped artist candidates, affinity rows, affinity values), kept per track.
 
-    def _affinity(self, candidates: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
-        """a(s, c) for every candidate (rows) and seed (columns)."""
-        t = self.tracks
-        out = np.zeros((len(candidates), len(seed_rows)), dtype=np.float32)
-        for j, row in enumerate(seed_rows):
-            for rows in self._artist_rows(int(row)):
-                out[np.isin(candidates, rows), j] = self.params.artist_share
-            if t.album[row]:
-                album_rows = t.album_rows.get(t.album_key[row])
-                if album_rows is not None:
-                    out[np.isin(candidates, album_rows), j] = 1.0
-        return out
+        a(s, c) for a fixed seed s is a fixed sparse row: ``artist_share`` on its artists' tracks,
+        1 on its album's (an album match wins, as it did when marked after the artists). Seeds
+        repeat across a listener's requests, so this is computed once per track, not per request.
+        """
+        links = self._links.get(row)
+        if links is not None:
+            return links
+        t, p = self.tracks, self.params
+        artist_parts = self._artist_rows(row)
+        capped = (np.concatenate([rows[:p.per_artist_candidates] for rows in artist_parts]).astype(np.int64)
+                  if artist_parts else np.empty(0, np.int64))
+        album_rows = t.album_rows.get(t.album_key[row]) if t.album[row] else None
+        parts = [*artist_parts, *([album_rows] if album_rows is not None else [])]
+        values = [np.full(len(rows), p.artist_share, dtype=np.float32) for rows in artist_parts]
+        if album_rows is not None:
+            values.append(np.ones(len(album_rows), dtype=np.float32))
+        if parts:
+            rows = np.concatenate(parts).astype(np.int64)
+            vals = np.concatenate(values)
+            # One value per row: the last mark wins (the album's), as in sequential assignment.
+            last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
+            rows, vals = rows[last], vals[last]
+        else:
+            rows, vals = np.empty(0, np.int64), np.empty(0, np.float32)
+        links = (capped, rows, vals)
+        if len(self._links) >= self._links_max:
+            self._links.clear()  # crude bound: refills from the tracks being played now
+        self._links[row] = links
+        return links
+
+    def _seed_links(self, seed_rows: np.ndarray) -> "_Links":
+        """The seeds' artist and album tracks, flattened once per request.
+
+        ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
+        ANN may miss. The (row, seed, value) triples feed ``_affinity``.
+        """
+        per_seed = [self._track_links(row) for row in seed_rows.tolist()]
+        capped = [links[0] for links in per_seed if len(links[0])]
+        candidates = _unique(np.concatenate(capped)) if capped else np.empty(0, np.int64)
+        lengths = [len(links[1]) for links in per_seed]
+        return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
+                      np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
+                      np.concatenate([links[2] for links in per_seed]), len(per_seed))
+
+    def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> None:
+        """per_seed[s, i] += weight · a(s, c_i) for the (seed, candidate) pairs where a ≠ 0.
+
+        Only those cells change: adding weight · 0 elsewhere would leave every score as it is,
+        so the dense a(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
+        """
+        if not len(links.rows) or not len(candidates):
+            return
+        pos = np.searchsorted(candidates, links.rows)
+        pos[pos == len(candidates)] = 0
+        hit = candidates[pos] == links.rows
+        per_seed[links.seed[hit], pos[hit]] += weight * links.value[hit]
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
         t = self.tracks
@@ -235,6 +303,60 @@ class Recommender:
         return mask
 
 
+class NeighbourMemo:
+    """Each seed track's ANN answer, kept after its first search.
+
+    Seeds are always catalog tracks, so a track's neighbour list is a fixed function of its row:
+    searching it again returns the same rows. Keeping them turns the steady-state search into a
+    table lookup (the precomputed top-N table of benchmarks/README.md, filled on demand). Memory is
+    ``n × width`` int32 allocated zeroed (untouched pages cost no RSS), so it grows with the
+    tracks actually played, up to 32 MB at 114k and 512 MB at 1M tracks per process.
+
+    ``width`` answers serve every depth up to it only for indexes whose top-d is the prefix of
+    their top-w (flat and IVF scan the same vectors whatever k is); HNSW's beam depends on k, so
+    there the memo serves exactly ``width``. Concurrent fills of a row write identical values and
+    set ``filled`` after the row, so readers never see half a row.
+    """
+
+    PREFIX_WIDTH = 128
+
+    def __init__(self, n: int, width: int, prefix: bool) -> None:
+        self.width = width
+        self.prefix = prefix
+        self.table = np.zeros((n, width), dtype=np.int32)
+        self.filled = np.zeros(n, dtype=bool)
+
+    @classmethod
+    def for_index(cls, index: faiss.Index, n: int, min_depth: int) -> "NeighbourMemo":
+        inner = faiss.downcast_index(index)
+        prefix = isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
+        return cls(n, max(min_depth, cls.PREFIX_WIDTH) if prefix else min_depth, prefix)
+
+    def serves(self, depth: int) -> bool:
+        return depth <= self.width if self.prefix else depth == self.width
+
+    def search(self, index: faiss.Index, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
+        missing = ~self.filled[seed_rows]
+        if missing.any():
+            rows = seed_rows[missing]
+            _, ann = index.search(seed_vecs[missing], self.width)
+            self.table[rows] = ann
+            self.filled[rows] = True
+        found = self.table[seed_rows, :depth]
+        return found[found >= 0]
+
+
+@dataclass(frozen=True)
+class _Links:
+    """The seeds' artist and album tracks for one request (see ``Recommender._seed_links``)."""
+
+    candidates: np.ndarray   # int64 rows, sorted, unique
+    rows: np.ndarray         # int64: for each seed, the rows it has an affinity with …
+    seed: np.ndarray         # … the seed (column) each belongs to
+    value: np.ndarray        # … and a(s, c), float32
+    n_seeds: int
+
+
 @dataclass(frozen=True)
 class _Context:
     query: Query
@@ -245,6 +367,60 @@ class _Context:
     banned: np.ndarray
     banned_songs: np.ndarray
     artist_weight: float
+    links: _Links | None
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted set, by binary search (cheaper for small sets)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.searchsorted(sorted_set, values)
+    pos[pos == len(sorted_set)] = 0
+    return sorted_set[pos] == values
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` for a small int array (a sort and a mask; numpy's hashing path costs more here)."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _ranking(score: np.ndarray, need: int) -> np.ndarray:
+    """``np.argsort(-score, kind="stable")``, or a prefix of it holding every score ≥ the best ``need``-th.
+
+    Ties are kept whole, so the prefix equals the full stable ranking's head; sorting only it
+    saves most of the sort. ``_first_per_song`` falls back to the full ranking when short.
+    """
+    head = need + 48
+    if len(score) <= 2 * head:
+        return np.argsort(-score, kind="stable")
+    threshold = np.partition(score, len(score) - head)[len(score) - head]
+    top = np.flatnonzero(score >= threshold)
+    return top[np.argsort(-score[top], kind="stable")]
+
+
+def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: np.ndarray) -> np.ndarray:
+    """``order`` with every song after its first (best) id dropped; at least ``need`` long when possible.
+
+    Deduplicating only a prefix of the ranking gives the same head as deduplicating it all,
+    and the head is all that is used. A short partial ranking (``_ranking``) is redone in full.
+    """
+    prefix = need + 32
+    while True:
+        head = order[:prefix]
+        _, first = np.unique(song_key[head], return_index=True)
+        if len(first) >= need:
+            return head[np.sort(first)]
+        if prefix >= len(order):
+            if len(order) == len(score):
+                return head[np.sort(first)]
+            order = np.argsort(-score, kind="stable")
+        prefix *= 4
 
 
 def _mmr(vecs: np.ndarray, score: np.ndarray, order: np.ndarray, k: int, diversity: float) -> np.ndarray:

@@ -119,3 +119,16 @@ def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
     _, truth = exact_search(vectors, vectors[:50], 20)
     recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, truth)])
     assert recall >= 0.9, recall
+
+
+def test_nan_embeddings_are_refused_even_with_matching_checksums(demo_artifacts: Path, tmp_path: Path) -> None:
+    from index.artifacts import finalize_version
+
+    staged = _copy(demo_artifacts, tmp_path / "staged")
+    emb = np.load(staged / EMBEDDINGS)
+    emb[4] = np.nan
+    np.save(staged / EMBEDDINGS, emb)
+    (staged / MANIFEST).unlink()
+    finalize_version(staged, tmp_path / "nan", read_manifest(demo_artifacts))  # re-checksummed
+    with pytest.raises(ArtifactError, match="NaN"):
+        load_artifacts(tmp_path / "nan")
