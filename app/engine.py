@@ -1,0 +1,115 @@
+"""One loaded artefact version, ready to serve, and the holder that swaps versions.
+
+A request takes ``holder.current`` once and uses that Engine throughout, so a swap
+never mixes two versions inside one answer (in-flight requests finish on the old one).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+
+from app.browse import Browser
+from index.artifacts import Artifacts, load_artifacts
+from index.recommend import Recommender, ScoringParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Engine:
+    artifacts: Artifacts
+    recommender: Recommender
+    browser: Browser
+    loaded_in_s: float
+
+    @property
+    def model_version(self) -> str:
+        return self.artifacts.model_version
+
+    @property
+    def tracks(self):  # -> TrackTable
+        return self.artifacts.tracks
+
+    @classmethod
+    def load(cls, path: str | Path, params: ScoringParams = ScoringParams(), *, verify: bool = True) -> "Engine":
+        started = time.perf_counter()
+        artifacts = load_artifacts(path, verify=verify)
+        engine = cls(artifacts, Recommender(artifacts.embeddings, artifacts.index, artifacts.tracks, params),
+                     Browser(artifacts.tracks), 0.0)
+        elapsed = time.perf_counter() - started
+        object.__setattr__(engine, "loaded_in_s", elapsed)
+        # What was just loaded lives as long as the version: keep the cyclic GC from re-scanning
+        # it (and everything imported before it) in every full collection, a pause that lands
+        # on some request's latency (~20 ms at 114k here). Refcounting still frees it on a swap.
+        gc.collect()
+        gc.freeze()
+        log.info("loaded artefacts %s (%d tracks%s) in %.2fs", artifacts.model_version, len(artifacts.tracks),
+                 ", SYNTHETIC DEMO CATALOG" if artifacts.manifest.demo else "", elapsed)
+        return engine
+
+
+class EngineHolder:
+    """The one mutable reference to the serving Engine; replaced, never mutated."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Engine:
+        return self._engine
+
+    def swap(self, engine: Engine) -> Engine:
+        with self._lock:
+            old, self._engine = self._engine, engine
+        log.info("serving model_version %s (was %s)", engine.model_version, old.model_version)
+        return old
+
+
+def configure_faiss_threads(threads: int) -> None:
+    """FAISS and BLAS never pick thread counts sensibly under a server: pin both at start-up.
+
+    A request multiplies small matrices (20 seeds × a few thousand candidates). OpenBLAS
+    defaults to one thread per core; its helper threads spin and contend with the other
+    workers, which doubled the CPU per recommendation (benchmarks/README.md).
+    """
+    faiss.omp_set_num_threads(max(1, threads))
+    set_blas_threads(max(1, threads))
+
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                 "openblas_set_num_threads", "MKL_Set_Num_Threads")
+
+
+def set_blas_threads(threads: int) -> list[str]:
+    """Set the thread count of every BLAS library loaded in this process (numpy's, FAISS's).
+
+    The library is already loaded, so OPENBLAS_NUM_THREADS would come too late; its own
+    setter is called instead, found in /proc/self/maps (Linux). Returns the libraries set.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    paths = sorted({line.split()[-1] for line in maps.splitlines()
+                    if line.split()[-1].startswith("/") and ("blas" in line.lower() or "mkl_rt" in line.lower())})
+    done = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                done.append(f"{Path(path).name}:{name}")
+                break
+    return done

@@ -1,0 +1,186 @@
+"""The event wire format, and the EventSink against the real Kafka-protocol broker (tansu)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.events import EventSink, open_event_sink
+from app.settings import Settings
+from data.events import EVENT_TYPES, TYPE_ALIASES, Event, decode_event, encode_event
+from tests.conftest import free_port, run_tansu
+
+CLIENTS = [f"client-{i}" for i in range(7)]
+
+
+def make_event(i: int, client_id: str | None = None) -> Event:
+    return Event(event_id=f"e{i:05d}-{uuid.uuid4().hex[:6]}", type=EVENT_TYPES[i % 3], track_id=f"track{i % 13}",
+                 ts=1_700_000_000.0 + i, source="home" if i % 2 else None,
+                 client_id=client_id or CLIENTS[i % len(CLIENTS)], position=float(i % 10) if i % 4 else None,
+                 model_version="v-test")
+
+
+def new_topic() -> str:
+    return f"events-{uuid.uuid4().hex[:10]}"
+
+
+async def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 15.0) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record on ``topic``, read from the start until ``expected`` arrive or time runs out."""
+    # No consumer group: joining one costs ~5 s on tansu, and a test reads everything anyway.
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    got: list[tuple[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(got) < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                got.extend((r.key, r.value) for r in records)
+        if len(got) >= expected:  # anything extra (a duplicate) would show up in one more poll
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                got.extend((r.key, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+# --- wire format -------------------------------------------------------------------------
+
+events = st.builds(Event, event_id=st.text(min_size=1), type=st.sampled_from(EVENT_TYPES), track_id=st.text(min_size=1),
+                   ts=st.floats(allow_nan=False, allow_infinity=False), source=st.none() | st.text(),
+                   client_id=st.text(min_size=1), position=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+                   model_version=st.text())
+
+
+@given(events)
+def test_encode_decode_round_trip(event: Event) -> None:
+    assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"{", b"[]", b'{"event_id": "e1"}',
+    encode_event(make_event(1)).replace(b'"type":"skip"', b'"type":"dance"'),
+    encode_event(make_event(1)).replace(b'"type":"skip"', b'"type":"track_view_offline"'),
+    encode_event(make_event(1)).replace(b'"ts":1700000001.0', b'"ts":"yesterday"'),
+    encode_event(make_event(1)).replace(b'"client_id":"client-1"', b'"client_id":""'),
+], ids=["garbage", "truncated", "array", "missing-fields", "unknown-type", "alias-not-canonical", "ts-string",
+        "empty-client"])
+def test_bad_messages_are_rejected(raw: bytes) -> None:
+    with pytest.raises((msgspec.ValidationError, msgspec.DecodeError)):
+        decode_event(raw)
+
+
+def test_aliases_map_to_canonical_types_and_constructing_an_unknown_type_fails() -> None:
+    assert set(TYPE_ALIASES.values()) <= set(EVENT_TYPES)
+    with pytest.raises(ValueError, match="unknown event type"):
+        Event("e", "dance", "t", 0.0, None, "c", None, "v")
+
+
+# --- the sink without Kafka --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_disabled_sink_keeps_a_bounded_buffer_dropping_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="app.events")
+    settings = Settings.from_env({"EVENT_BUFFER_SIZE": "3"}, env_file=None)
+    async with open_event_sink(settings) as sink:
+        assert sink.status == "disabled"
+        for i in range(100):
+            sink.publish(make_event(i))
+        assert (sink.buffered, sink.dropped, sink.produced) == (3, 97, 0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("kept locally" in m for m in messages) == 1
+    assert sum("buffer full" in m for m in messages) == 1  # rate-limited, not one line per drop
+
+
+@pytest.mark.anyio
+async def test_kafka_down_never_raises_and_buffers(closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="app.events")
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"}, env_file=None)
+    started = time.perf_counter()
+    async with open_event_sink(settings) as sink:
+        assert time.perf_counter() - started < 3.0  # start-up does not wait for Kafka
+        assert sink.status == "degraded"
+        for i in range(5):
+            sink.publish(make_event(i))
+        await asyncio.sleep(0.7)  # a reconnect attempt or two happen meanwhile
+        assert (sink.status, sink.buffered, sink.dropped, sink.produced) == ("degraded", 5, 0, 0)
+    assert time.perf_counter() - started < 5.0
+    assert sum("kafka unreachable" in r.getMessage() for r in caplog.records) == 1  # once per outage
+
+
+# --- the sink with the real broker --------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_n_events_in_n_records_out_keyed_by_client(kafka_bootstrap: str) -> None:
+    topic = new_topic()
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic}, env_file=None)
+    sent = [make_event(i) for i in range(300)]
+    async with open_event_sink(settings) as sink:
+        assert sink.status == "ok"
+        for event in sent[:150]:
+            sink.publish(event)
+        await asyncio.sleep(0.05)  # some go while others are still being published
+        for event in sent[150:]:
+            sink.publish(event)
+    assert (sink.produced, sink.dropped, sink.buffered) == (len(sent), 0, 0)
+    records = await consume(kafka_bootstrap, topic, len(sent))
+    assert len(records) == len(sent)
+    received = [(key, decode_event(value)) for key, value in records]
+    assert all(key == event.client_id.encode() for key, event in received)
+    assert sorted(e.event_id for _, e in received) == sorted(e.event_id for e in sent)
+    assert {e.event_id: e for _, e in received} == {e.event_id: e for e in sent}
+    for client in CLIENTS:  # one key, one partition: each listener's events keep their order
+        assert [e for _, e in received if e.client_id == client] == [e for e in sent if e.client_id == client]
+
+
+@pytest.mark.anyio
+async def test_a_full_buffer_drops_the_oldest_before_kafka_takes_the_rest(kafka_bootstrap: str) -> None:
+    topic = new_topic()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)  # tansu also auto-creates on produce
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    sink = EventSink(kafka_bootstrap, topic, buffer_size=4)
+    sent = [make_event(i, "one-client") for i in range(10)]
+    for event in sent:  # before start: nothing can drain yet
+        sink.publish(event)
+    assert (sink.buffered, sink.dropped) == (4, 6)
+    await sink.start()
+    await sink.close()
+    assert (sink.produced, sink.dropped, sink.buffered) == (4, 6, 0)
+    records = await consume(kafka_bootstrap, topic, 4)
+    assert [decode_event(v) for _, v in records] == sent[-4:]
+
+
+@pytest.mark.anyio
+async def test_kafka_down_at_start_then_up_delivers_everything_buffered(tmp_path: Path) -> None:
+    port, topic = free_port(), new_topic()
+    sink = EventSink(f"127.0.0.1:{port}", topic, backoff_initial_s=0.1, backoff_max_s=0.2, first_connect_wait_s=1.0)
+    await sink.start()
+    try:
+        assert sink.status == "degraded"
+        sent = [make_event(i) for i in range(40)]
+        for event in sent:
+            sink.publish(event)
+        with run_tansu(port, tmp_path / "tansu.log") as bootstrap:
+            deadline = time.monotonic() + 15
+            while (sink.status != "ok" or sink.buffered) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert (sink.status, sink.produced, sink.buffered, sink.dropped) == ("ok", 40, 0, 0)
+            records = await consume(bootstrap, topic, len(sent))
+            assert sorted(decode_event(v).event_id for _, v in records) == sorted(e.event_id for e in sent)
+            await sink.close()
+    finally:
+        await sink.close()

@@ -1,0 +1,231 @@
+"""Session stores against the real Redis: order, length cap, TTL, clear, and surviving an outage."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import AsyncIterator, Callable
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from app.sessions import (MemorySessionStore, RedisSessionStore, SessionEvent, SessionStore, open_session_store,
+                          redis_client)
+from app.settings import Settings
+
+pytestmark = pytest.mark.anyio
+MAX_LEN = 5
+TTL_S = 120
+
+
+def ev(i: int, kind: str = "track_view") -> SessionEvent:
+    return SessionEvent(type=kind, track_id=f"t{i}", ts=1_700_000_000.0 + i)
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisSessionStore]:
+    client = redis_client(redis_url, 0.25)
+    store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, anyio_backend: str) -> SessionStore:
+    """Both implementations must pass the same contract."""
+    if request.param == "memory":
+        return MemorySessionStore(MAX_LEN, TTL_S)
+    return request.getfixturevalue("redis_store")
+
+
+async def test_recent_is_newest_first_and_capped(store: SessionStore) -> None:
+    assert await store.recent("alice") == []
+    for i in range(8):
+        await store.append("alice", ev(i, ["track_view", "skip", "like"][i % 3]))
+    recent = await store.recent("alice")
+    assert [e.track_id for e in recent] == ["t7", "t6", "t5", "t4", "t3"]
+    assert recent[0] == ev(7, "skip")
+
+
+async def test_clients_are_isolated_and_clear_forgets_one(store: SessionStore) -> None:
+    await store.append("alice", ev(1))
+    await store.append("bob", ev(2))
+    await store.clear("alice")
+    assert await store.recent("alice") == []
+    assert await store.recent("bob") == [ev(2)]
+    await store.clear("nobody")  # clearing an unknown client is fine
+
+
+async def test_redis_keeps_a_trimmed_list_with_a_ttl_in_compact_form(redis_store: RedisSessionStore,
+                                                                      redis_url: str) -> None:
+    assert redis_store.status == "ok"
+    for i in range(MAX_LEN + 3):
+        await redis_store.append("carol", ev(i))
+    raw = aioredis.from_url(redis_url)
+    try:
+        key = redis_store.key("carol")
+        assert key == f"{redis_store.prefix}session:carol"
+        assert await raw.llen(key) == MAX_LEN
+        assert TTL_S - 5 < await raw.ttl(key) <= TTL_S
+        newest = await raw.lindex(key, 0)
+        assert msgspec.msgpack.decode(newest) == ["track_view", f"t{MAX_LEN + 2}", ev(MAX_LEN + 2).ts]
+        await raw.expire(key, 10)
+        await redis_store.append("carol", ev(99))  # a write refreshes the TTL, like the memory store
+        assert await raw.ttl(key) > 10
+    finally:
+        await raw.aclose()
+
+
+async def test_an_undecodable_entry_is_skipped_not_fatal(redis_store: RedisSessionStore, redis_url: str) -> None:
+    await redis_store.append("dan", ev(1))
+    raw = aioredis.from_url(redis_url)
+    try:
+        await raw.lpush(redis_store.key("dan"), b"not msgpack \xc1")
+    finally:
+        await raw.aclose()
+    assert await redis_store.recent("dan") == [ev(1)]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_sessions_expire_after_the_ttl_refreshed_by_writes() -> None:
+    clock = FakeClock()
+    store = MemorySessionStore(MAX_LEN, ttl_s=10, clock=clock)
+    await store.append("alice", ev(1))
+    clock.now += 8
+    await store.append("alice", ev(2))  # refreshes the TTL
+    clock.now += 8
+    assert [e.track_id for e in await store.recent("alice")] == ["t2", "t1"]
+    clock.now += 3
+    assert await store.recent("alice") == []
+    await store.append("alice", ev(3))  # an expired session starts afresh
+    assert await store.recent("alice") == [ev(3)]
+
+
+async def test_memory_store_holds_a_bounded_number_of_clients_evicting_the_least_recent() -> None:
+    store = MemorySessionStore(MAX_LEN, TTL_S, max_clients=3)
+    for name in ("a", "b", "c"):
+        await store.append(name, ev(1))
+    await store.recent("a")  # a read is a use: "b" is now the least recent
+    await store.append("d", ev(2))
+    assert len(store) == 3
+    assert await store.recent("b") == []
+    assert all([await store.recent(n) for n in ("a", "c", "d")])
+
+
+async def test_memory_url_gives_the_memory_store(redis_url: str) -> None:
+    settings = Settings.from_env({"REDIS_URL": "memory://", "SESSION_LEN": "3"}, env_file=None)
+    async with open_session_store(settings) as store:
+        assert store.status == "memory"
+        for i in range(5):
+            await store.append("x", ev(i))
+        assert len(await store.recent("x")) == 3
+
+
+async def test_redis_down_at_start_serves_from_memory_and_reports_degraded(
+        closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{closed_port}/0"}, env_file=None)
+    caplog.set_level(logging.WARNING, logger="app.sessions")
+    started = time.perf_counter()
+    async with open_session_store(settings) as store:
+        assert store.status == "degraded"
+        for i in range(30):
+            await store.append("eve", ev(i))
+            assert (await store.recent("eve"))[0] == ev(i)
+        await store.clear("eve")
+        assert await store.recent("eve") == []
+    assert time.perf_counter() - started < 2.0
+    assert sum("redis unreachable" in r.getMessage() for r in caplog.records) == 1  # once per outage
+
+
+class SwitchableProxy:
+    """A TCP front for the real Redis that refuses (accept + close) until switched to forwarding.
+
+    It counts connections, which shows that a degraded store leaves Redis alone between probes.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.forwarding = False
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "SwitchableProxy":
+        self.sock.listen()
+        self.server = await asyncio.start_server(self._handle, sock=self.sock)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if not self.forwarding:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                return
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_outage_then_recovery_without_probing_redis_on_every_request(
+        redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    target = aioredis.from_url(redis_url)
+    port = target.connection_pool.connection_kwargs.get("port", 6379)
+    await target.aclose()
+    caplog.set_level(logging.INFO, logger="app.sessions")
+    async with SwitchableProxy(port) as proxy:
+        client = redis_client(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
+        store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix,
+                                  backoff_initial_s=0.5, backoff_max_s=0.5)
+        try:
+            await store.start()
+            assert store.status == "degraded" and proxy.connections == 1
+            for i in range(50):  # well inside the first 0.5 s backoff
+                await store.append("fay", ev(i))
+                await store.recent("fay")
+            assert proxy.connections == 1, "a degraded store must not try Redis per request"
+            proxy.forwarding = True
+            assert await wait_for(lambda: store.status == "ok", 5.0)
+            await store.append("fay", ev(100))
+            assert await store.recent("fay") == [ev(100)]  # served by Redis again
+            assert any("reachable again" in r.getMessage() for r in caplog.records)
+        finally:
+            await store.close()
+            await client.aclose()

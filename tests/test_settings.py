@@ -1,0 +1,99 @@
+"""Settings: defaults, .env precedence, validation that names the variable, masked secrets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.settings import Settings, SettingsError, mask_url
+
+
+def test_defaults_come_from_nothing_and_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9999")  # an explicit mapping is the whole environment
+    s = Settings.from_env({}, env_file=None)
+    assert s == Settings()
+    assert (s.port, s.workers, s.session_len, s.session_ttl_s, s.event_buffer_size) == (8000, 1, 20, 3600, 10_000)
+    assert s.artifacts_dir == Path("artifacts") and s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.kafka_bootstrap_servers == "" and not s.kafka_enabled and s.kafka_topic == "music-events"
+    assert (s.mode, s.log_level, s.redis_timeout_s) == ("offline", "INFO", 0.25)
+
+
+def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9999")
+    assert Settings.from_env(env_file=None).port == 9999
+
+
+def test_environment_overrides_the_env_file_and_a_missing_file_is_fine(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9001\nWORKERS=3\nMODE=online\n# a comment\nKAFKA_TOPIC='from-file'\n")
+    s = Settings.from_env({"PORT": "9002"}, env_file=env_file)
+    assert (s.port, s.workers, s.mode, s.kafka_topic) == (9002, 3, "online", "from-file")
+    assert Settings.from_env({}, env_file=tmp_path / "absent.env") == Settings()
+
+
+def test_values_are_converted_and_normalised() -> None:
+    s = Settings.from_env({"ARTIFACTS_DIR": "/srv/art", "REDIS_URL": "memory://", "LOG_LEVEL": "debug",
+                           "MODE": "ONLINE", "REDIS_TIMEOUT_S": "0.5", "KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:9093",
+                           "RELOAD_POLL_S": "0", "FAISS_THREADS": "2"}, env_file=None)
+    assert s.artifacts_dir == Path("/srv/art") and s.memory_sessions
+    assert (s.log_level, s.mode, s.redis_timeout_s, s.reload_poll_s, s.faiss_threads) == ("DEBUG", "online", 0.5, 0.0, 2)
+    assert s.kafka_enabled
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PORT", "0"), ("PORT", "65536"), ("PORT", "http"), ("WORKERS", "0"), ("SESSION_LEN", "0"),
+    ("SESSION_LEN", "1001"), ("SESSION_TTL_S", "0"), ("SESSION_TTL_S", "1.5"), ("EVENT_BUFFER_SIZE", "-1"),
+    ("REDIS_TIMEOUT_S", "0"), ("REDIS_TIMEOUT_S", "nan"), ("MODE", "batch"), ("LOG_LEVEL", "LOUD"),
+    ("REDIS_URL", "http://cache:6379"), ("KAFKA_BOOTSTRAP_SERVERS", "broker-without-port"),
+    ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
+], ids=lambda v: v or "empty")
+def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value}, env_file=None)
+    assert name in str(info.value) and repr(value) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"PORT": "0", "MODE": "x", "WORKERS": "none"}, env_file=None)
+    assert all(name in str(info.value) for name in ("PORT", "MODE", "WORKERS"))
+
+
+def test_secrets_are_masked_in_repr_and_in_the_logged_dict() -> None:
+    s = Settings.from_env({"ADMIN_TOKEN": "tok-123", "SPOTIPY_CLIENT_ID": "public-id",
+                           "SPOTIPY_CLIENT_SECRET": "shh-456", "REDIS_URL": "redis://app:pw-789@cache:6379/2",
+                           "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, env_file=None)
+    assert s.admin_token == "tok-123" and s.redis_url == "redis://app:pw-789@cache:6379/2"  # real values kept
+    for shown in (repr(s), str(s), str(s.masked())):
+        assert "tok-123" not in shown and "shh-456" not in shown and "pw-789" not in shown
+    masked = s.masked()
+    assert masked["redis_url"] == "redis://app:***@cache:6379/2" and masked["admin_token"] == "***"
+    assert masked["spotipy_client_id"] == "public-id" and masked["kafka_bootstrap_servers"] == "k1:9092"
+    assert masked["artifacts_dir"] == "artifacts" and Settings().masked()["admin_token"] == ""
+
+
+def test_a_bad_redis_url_is_reported_without_its_password() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"REDIS_URL": "http://u:hunter2@cache"}, env_file=None)
+    assert "hunter2" not in str(info.value) and "REDIS_URL" in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://user:secret@h", "redis://user:***@h"),
+    ("redis://secret@h", "redis://***@h"),
+    ("rediss://h:6380", "rediss://h:6380"),
+    ("user:secret@broker:9092", "user:***@broker:9092"),
+    ("memory://", "memory://"),
+])
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@given(st.integers(1, 65535), st.integers(1, 1000))
+def test_any_valid_port_and_session_length_round_trip(port: int, length: int) -> None:
+    s = Settings.from_env({"PORT": str(port), "SESSION_LEN": f" {length} "}, env_file=None)
+    assert (s.port, s.session_len) == (port, length)
