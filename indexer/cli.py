@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the autoencoder and write a versioned artefact set")
     b.add_argument("--csv", type=Path, help=f"track CSV (default: {DEFAULT_DATASET} if present, else the demo catalog)")
+    b.add_argument("--spotify-playlist", nargs="+", action="extend", metavar="URL_OR_ID",
+                   help="build from these Spotify playlists instead (SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET); "
+                        "--csv (or the default dataset) then supplies features Spotify refuses (403)")
     where = b.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="write one version exactly here")
     where.add_argument("--root", type=Path, help="write root/<model_version> and point root/current at it "
@@ -40,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    help="size of the synthetic demo catalog used when there is no CSV (default 5000)")
     b.add_argument("--epochs", type=_positive, default=40)
     b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--index-type", choices=INDEX_TYPES, default="flat")
+    b.add_argument("--index-type", choices=INDEX_TYPES, default="ivf",
+                   help="ivf (default: chosen by benchmarks/index_bench.py, see benchmarks/README.md), hnsw or flat (exact)")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     e = sub.add_parser("eval", help="print the quality figures of an artefact set")
@@ -54,6 +58,18 @@ def _load_catalog(args: argparse.Namespace):
     from data.loader import load_csv
 
     csv = args.csv or (DEFAULT_DATASET if DEFAULT_DATASET.is_file() else None)
+    if args.spotify_playlist:
+        import time
+
+        from indexer.spotify_source import load_spotify_catalog
+
+        snapshot = (args.out.parent / f"{args.out.name}.spotify.csv" if args.out else
+                    (args.root or Path(os.environ.get("ARTIFACTS_DIR") or "artifacts"))
+                    / f"spotify-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv")
+        catalog, report = load_spotify_catalog(args.spotify_playlist, environ=os.environ, snapshot=snapshot,
+                                               local_csv=csv)
+        print("\n".join(report.lines()))
+        return catalog
     if csv is None:
         log.warning("no CSV given and %s absent: using the SYNTHETIC demo catalog (%d tracks)", DEFAULT_DATASET, args.demo)
         return demo_catalog(args.demo)
