@@ -28,5 +28,12 @@ run: install
 test: install
 	$(PY) -m pytest
 
+# The load test against its budget (benchmarks/README.md): the 114k artefacts are built once into
+# $(BENCH_ARTIFACTS); Redis, the service and Locust are started and stopped by benchmarks/load.py.
+BENCH_ARTIFACTS ?= artifacts/bench/114k
+bench: install
+	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(PY) -m indexer build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
+	$(PY) -m benchmarks.load --artifacts $(BENCH_ARTIFACTS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
