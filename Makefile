@@ -9,7 +9,7 @@ SHARED_CSV := ../shared/data/spotify_tracks_114k.csv.gz
 DATA_CSV ?= $(firstword $(wildcard data/dataset.csv) $(wildcard $(SHARED_CSV)))
 export PORT ARTIFACTS_DIR
 
-.PHONY: install build run test bench clean
+.PHONY: install build run test bench rebuild clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ BENCH_ARTIFACTS ?= artifacts/bench/114k
 bench: install
 	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(PY) -m indexer build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
 	$(PY) -m benchmarks.load --artifacts $(BENCH_ARTIFACTS)
+
+# The near-line → offline loop (README: "Retraining from listening events"): drain the Kafka topic
+# into the Parquet event dataset, rebuild with those events, and switch current once the new
+# version passes its sanity check; a running service picks it up without a restart.
+EVENTS_DIR ?= events
+IDLE_S ?= 10
+rebuild: install
+	$(PY) -m indexer consume --out $(EVENTS_DIR) --until-idle $(IDLE_S)
+	$(PY) -m indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV)) --events $(EVENTS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

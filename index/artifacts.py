@@ -67,6 +67,8 @@ class Manifest(msgspec.Struct, kw_only=True):
     metric: str = "inner_product"
     format_version: int = FORMAT_VERSION
     training: dict[str, Any] = msgspec.field(default_factory=dict)
+    events: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The fine-tune on listener events (indexer/cotrain.py); empty for a content-only build."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -1,4 +1,4 @@
-"""`python -m indexer build|eval`: the offline indexer's command line.
+"""`python -m indexer build|eval|consume`: the offline indexer's command line.
 
 Bad input ends with exit code 2 and one line on stderr naming the file (and column and
 row when known), never a traceback: the people running this are fixing a CSV, not code.
@@ -27,6 +27,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,11 +52,25 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--index-type", choices=INDEX_TYPES, default="ivf",
                    help="ivf (default: chosen by benchmarks/index_bench.py, see benchmarks/README.md), hnsw or flat (exact)")
+    b.add_argument("--events", type=Path, metavar="DIR",
+                   help="fine-tune on the listener event log in DIR (as written by `consume`) before indexing; "
+                        "with too few co-listened pairs the content-only model is kept and the output says why")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     e = sub.add_parser("eval", help="print the quality figures of an artefact set")
     e.add_argument("--artifacts", type=Path, required=True, help="a version directory or a root with current")
     e.add_argument("--sample", type=_positive, default=2000)
+    c = sub.add_parser("consume", help="append listener events from Kafka to a Parquet event log (at least once)")
+    c.add_argument("--out", type=Path, required=True, help="event log directory (date=YYYY-MM-DD/part-*.parquet)")
+    c.add_argument("--until-idle", type=_seconds, metavar="S",
+                   help="exit after S seconds without a message (batch use); default: run until SIGTERM/SIGINT")
+    c.add_argument("--group", help="consumer group id (default musicrec-indexer)")
+    c.add_argument("--bootstrap-servers", help="Kafka host:port[,...] (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    c.add_argument("--topic", help="topic (default: $KAFKA_TOPIC or music-events)")
+    c.add_argument("--max-events", type=_positive, default=50_000, metavar="N", help="flush at N buffered events")
+    c.add_argument("--max-age-s", type=_seconds, default=60.0, metavar="S", help="flush once the oldest buffered "
+                   "message is S seconds old")
+    c.add_argument("--progress-s", type=_seconds, default=5.0, metavar="S", help="progress line on stderr every S s")
     return p
 
 
@@ -82,7 +103,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     catalog = _load_catalog(args)
     for warning in catalog.report.warnings:
         log.warning("%s", warning)
-    options = BuildOptions(epochs=args.epochs, seed=args.seed, index_type=args.index_type, progress=not args.quiet)
+    options = BuildOptions(epochs=args.epochs, seed=args.seed, index_type=args.index_type, progress=not args.quiet,
+                           events=args.events)
     root = None if args.out else (args.root or Path(os.environ.get("ARTIFACTS_DIR") or "artifacts"))
     result = build_version(catalog, options, out=args.out, root=root, replace=args.force)
     m = result.manifest
@@ -94,9 +116,23 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"imputed (median): {imputed or 'none'}")
     print(f"loss: train {m.train_loss:.5f}  validation {m.val_loss:.5f}  epochs {m.epochs} "
           f"(best {m.training['best_epoch']})")
+    if m.events:
+        _print_events(m.events)
     _print_metrics(m.metrics)
     print(f"build time: {m.build_seconds:.1f} s")
     return 0
+
+
+def _print_events(report: dict[str, object]) -> None:
+    """The event fine-tune's counts and held-out before/after (manifest.json ``events``)."""
+    shown = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"events: {report['events_read']} read ({report['events_unknown_track']} about unknown tracks)  "
+          f"clients: {report['clients']}  sessions: {report['sessions']} "
+          f"({report['train_sessions']} training, {report['heldout_sessions']} held out)  "
+          f"pairs: {report['positive_pairs']} co-listened, {report['skip_pairs']} skip")
+    print(f"{'fine-tuned' if report['fine_tuned'] else 'NOT fine-tuned'}: {report['reason']}")
+    print(f"held-out {report['metric']} ({report['heldout_queries']} queries): "
+          f"content-only {shown(report['heldout_before'])}  →  with events {shown(report['heldout_after'])}")
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -114,12 +150,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from indexer.consume import DEFAULT_GROUP, DEFAULT_TOPIC, ConsumeOptions, consume_until_signalled
+
+    bootstrap = (args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "").strip()
+    if not bootstrap:
+        print("error: no Kafka bootstrap servers: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS",
+              file=sys.stderr)
+        return 2
+    options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap,
+                             topic=args.topic or os.environ.get("KAFKA_TOPIC") or DEFAULT_TOPIC,
+                             group_id=args.group or DEFAULT_GROUP, max_events=args.max_events, max_age_s=args.max_age_s,
+                             until_idle_s=args.until_idle, progress_interval_s=args.progress_s)
+    try:
+        result = asyncio.run(consume_until_signalled(
+            options, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    except KafkaError as exc:
+        print(f"error: kafka at {bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: writing the event log under {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"events written: {result.events_written}  dead letters: {result.dead_letters}  "
+          f"files: {len(result.files)}  failed commits: {result.commit_failures}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return cmd_build(args) if args.command == "build" else cmd_eval(args)
+        commands = {"build": cmd_build, "eval": cmd_eval, "consume": cmd_consume}
+        return commands[args.command](args)
     except (DataError, ArtifactError, IndexBuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,23 +1,35 @@
-"""Offline build: catalog → scaler → autoencoder → embeddings → FAISS index → a version on disk."""
+"""Offline build: catalog → scaler → autoencoder → [event fine-tune] → embeddings → FAISS index → a version on disk.
+
+With ``events`` the content autoencoder is fine-tuned on listening sessions (indexer/cotrain.py)
+before embedding; the manifest's ``events`` field records what that did. A build into a root
+of versions is checked (it loads as the service would, and its ANN index finds what exact
+search finds) before ``current`` points at it: a bad build must never be served.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from data.loader import Catalog
+from data.schema import DataError
 from index.artifacts import (
-    EMBEDDINGS, INDEX, MODEL, SCALER, TRACKS, Manifest, SourceInfo, finalize_version, publish, sha256_file, stage_dir,
+    CURRENT, EMBEDDINGS, INDEX, MODEL, SCALER, TRACKS, ArtifactError, Manifest, SourceInfo, finalize_version,
+    load_artifacts, publish, sha256_file, stage_dir,
 )
+from index.catalog import TrackTable
 from index.faiss_index import build_index, factory_string, save_index
+from indexer.cotrain import CotrainConfig, cotrain
 from indexer.evaluate import ann_recall, genre_agreement_report
 from indexer.train import TrainConfig, TrainResult, train_autoencoder
 from models.autoencoder import embed, reconstruction_mse
@@ -34,12 +46,46 @@ class BuildOptions:
     batch_size: int = 256
     progress: bool = True
     eval_sample: int = 2000
+    events: Path | None = None
+    """A Parquet event log (indexer/event_dataset.py) to fine-tune on; None: content only."""
+    cotrain: CotrainConfig | None = None
+    """Fine-tune settings; None: the defaults, with this build's seed."""
+    min_ann_recall: float = 0.9
+    """A root build is published only if its index's recall@20 against exact search reaches this."""
+    threads: int | None = None
+    """Torch threads for training; None: the trainers' defaults (indexer/train.py, indexer/cotrain.py)."""
 
 
 @dataclass(frozen=True)
 class BuildResult:
     path: Path
     manifest: Manifest
+
+
+class VersionCheckError(ArtifactError):
+    """A freshly built version failed the check before publication; ``current`` was left as it was."""
+
+
+def check_version(version_dir: Path, *, min_ann_recall: float, seed: int = 0) -> float:
+    """Load ``version_dir`` as the service would and return its ANN recall@20 against exact search.
+
+    ``load_artifacts`` verifies the checksums, the shapes and that no embedding is NaN or
+    infinite; the recall catches an index that does not match its embeddings.
+    """
+    try:
+        artifacts = load_artifacts(version_dir)
+    except ArtifactError as exc:
+        raise VersionCheckError(f"{exc} (not published)") from exc
+    recall = ann_recall(artifacts.index, np.asarray(artifacts.embeddings), seed=seed)
+    if not recall >= min_ann_recall:  # written so that a NaN recall fails too
+        raise VersionCheckError(f"{version_dir}: ANN recall@20 vs exact search is {recall:.4f}, "
+                                f"below {min_ann_recall} (not published)")
+    return recall
+
+
+def _current_target(root: Path) -> str:
+    link = root / CURRENT
+    return os.readlink(link) if link.is_symlink() else "nothing"
 
 
 def _model_version(embeddings: np.ndarray, created: datetime) -> str:
@@ -59,7 +105,8 @@ def train_and_embed(catalog: Catalog, options: BuildOptions) -> tuple[StandardSc
     raw = catalog.tracks[catalog.features].to_numpy(dtype=np.float64)
     scaler = StandardScaler.fit(raw, catalog.features)
     scaled = scaler.transform(raw)
-    config = TrainConfig(epochs=options.epochs, seed=options.seed, batch_size=options.batch_size, progress=options.progress)
+    config = TrainConfig(epochs=options.epochs, seed=options.seed, batch_size=options.batch_size, progress=options.progress,
+                         threads=options.threads)
     result = train_autoencoder(scaled, config)
     return scaler, scaled, result, embed(result.model, scaled)
 
@@ -69,12 +116,24 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
     """Build one version into ``out``, or into ``root/<model_version>`` and point ``root/current`` at it."""
     if (out is None) == (root is None):
         raise ValueError("give exactly one of out or root")
+    if options.events is not None and not Path(options.events).is_dir():
+        raise DataError(str(options.events), "no such event log directory")  # before minutes of training
     started = time.perf_counter()
     created = datetime.now(timezone.utc)
     scaler, scaled, trained, embeddings = train_and_embed(catalog, options)
+    model = trained.model
+    events_report: dict[str, Any] = {}
+    if options.events is not None:
+        from indexer.event_dataset import read_events
+
+        config = options.cotrain or CotrainConfig(seed=options.seed, threads=options.threads)
+        tracks = TrackTable.from_frame(catalog.tracks, catalog.features)
+        tuned = cotrain(model, scaled, tracks, read_events(options.events), config, content_embeddings=embeddings)
+        model, embeddings = tuned.model, tuned.embeddings
+        events_report = {"path": str(Path(options.events).resolve()), **tuned.report}
     index = build_index(embeddings, options.index_type, seed=options.seed)
     metrics = {
-        "reconstruction_mse": reconstruction_mse(trained.model, scaled),
+        "reconstruction_mse": reconstruction_mse(model, scaled),
         **genre_agreement_report(embeddings, scaled, catalog.tracks["genres"].tolist(), sample=options.eval_sample, seed=options.seed),
         "ann_recall@20": 1.0 if options.index_type == "flat" else ann_recall(index, embeddings, seed=options.seed),
     }
@@ -82,7 +141,7 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
     target = out if out is not None else root / model_version
     staged = stage_dir(target)
     try:
-        torch.save(trained.model.state_dict(), staged / MODEL)
+        torch.save(model.state_dict(), staged / MODEL)
         scaler_doc = scaler.to_dict() | {"medians": catalog.report.medians}
         (staged / SCALER).write_text(json.dumps(scaler_doc, indent=2))
         np.save(staged / EMBEDDINGS, embeddings, allow_pickle=False)
@@ -113,6 +172,7 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
             metrics=metrics,
             training={"best_epoch": trained.best_epoch, "seconds": round(trained.seconds, 3),
                       "history": [[round(t, 6), round(v, 6)] for t, v in trained.history]},
+            events=events_report,
         )
         manifest.build_seconds = round(time.perf_counter() - started, 3)
         finalize_version(staged, target, manifest, replace=replace)
@@ -120,6 +180,10 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         shutil.rmtree(staged, ignore_errors=True)
         raise
     if root is not None:
+        try:
+            check_version(target, min_ann_recall=options.min_ann_recall, seed=options.seed)
+        except VersionCheckError as exc:
+            raise VersionCheckError(f"{exc}; current still points at {_current_target(root)}") from exc
         publish(root, target)
     log.info("built %s (%d tracks) in %.1fs", target, manifest.n_tracks, manifest.build_seconds)
     return BuildResult(target, manifest)
