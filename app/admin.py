@@ -6,20 +6,8 @@ import hmac
 from litestar import Request, post
 from litestar.datastructures import State
 
-from app.errors import DomainError
+from app.errors import Conflict, Forbidden, Unauthorized
 from app.reload import ReloadResult
-
-
-class Unauthorized(DomainError):
-    status_code = 401
-
-
-class Forbidden(DomainError):
-    status_code = 403
-
-
-class ReloadFailed(DomainError):
-    status_code = 409
 
 
 def _authorise(request: Request, token: str) -> None:
@@ -35,7 +23,7 @@ async def admin_reload(request: Request, state: State) -> dict[str, object]:
     _authorise(request, state.settings.admin_token)
     result: ReloadResult = await state.reloader.check(force=True)
     if result.error:
-        raise ReloadFailed(f"new version refused, still serving {result.model_version}: {result.error}")
+        raise Conflict(f"new version refused, still serving {result.model_version}: {result.error}")
     return {"swapped": result.swapped, "model_version": result.model_version, "path": result.path}
 
 

@@ -23,8 +23,22 @@ class BadRequest(DomainError):
     status_code = 400
 
 
+class Unauthorized(DomainError):
+    status_code = 401
+
+
+class Forbidden(DomainError):
+    status_code = 403
+
+
 class NotFound(DomainError):
     status_code = 404
+
+
+class Conflict(DomainError):
+    """The request was understood but the service's state refuses it (e.g. a broken artefact version)."""
+
+    status_code = 409
 
 
 class Overloaded(DomainError):
