@@ -8,7 +8,7 @@ from typing import Annotated, Literal, TypeAlias
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter, SkipValidation
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from app import service
@@ -70,7 +70,7 @@ async def songs_recommendations(
 
 @post("/api/recommendations", status_code=200, dependencies=SERVING,
       summary="Playlist continuation from given tracks (stateless)")
-async def recommendations(data: RecommendRequest, serving: ServingDep) -> RecommendResponse:
+async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep) -> RecommendResponse:
     started = time.perf_counter()
     answer = service.recommend_tracks(serving.engine, data)
     serving.metrics.recommendation_seconds.labels("tracks").observe(time.perf_counter() - started)
@@ -78,7 +78,7 @@ async def recommendations(data: RecommendRequest, serving: ServingDep) -> Recomm
 
 
 @post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, summary="Record a view, skip or like")
-async def post_event(request: Request, data: EventIn, serving: ServingDep) -> Response[EventAccepted]:
+async def post_event(request: Request, data: JSONBody[EventIn], serving: ServingDep) -> Response[EventAccepted]:
     engine = serving.engine
     kind = service.normalise_event_type(data.type)
     client, is_new = client_id(request, data.client_id)
@@ -113,10 +113,10 @@ async def list_songs(
     engine: EngineDep,
     q: Annotated[str, Parameter(max_length=200)] = "",
     genre: Annotated[str | None, Parameter(max_length=100)] = None,
-    explicit: bool | None = None,
+    explicit: FromQuery[bool | None] = None,
     min_popularity: Annotated[int, Parameter(ge=0, le=100)] = 0,
     max_popularity: Annotated[int, Parameter(ge=0, le=100)] = 100,
-    sort: Sort = "-popularity",
+    sort: FromQuery[Sort] = "-popularity",
     page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
     per_page: Annotated[int, Parameter(ge=1, le=100)] = 20,
 ) -> SongsPage:
@@ -130,7 +130,7 @@ async def list_songs(
 
 
 @get("/api/songs/{track_id:str}", summary="One track with its audio features")
-async def get_song(track_id: str, engine: EngineDep) -> SongDetail:
+async def get_song(track_id: FromPath[str], engine: EngineDep) -> SongDetail:
     return service.song_detail(engine, track_id)
 
 

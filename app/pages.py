@@ -26,6 +26,7 @@ import anyio
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from app import service
@@ -321,7 +322,7 @@ async def record(engine: Engine, sessions: SessionStore, events: EventSink, *, k
 
 
 @get("/songs/{track_id:str}", name="song_page", summary="A song's page (records a track_view)")
-async def song_page(request: Request, track_id: str, engine: EngineDep, sessions: SessionsDep,
+async def song_page(request: Request, track_id: FromPath[str], engine: EngineDep, sessions: SessionsDep,
                     events: EventsDep) -> Template:
     client, is_new = listener(request)
     row = engine.tracks.row_of.get(track_id)
@@ -415,7 +416,7 @@ def _features_note(track: OnlineTrack, source: str) -> str | None:
 
 @post("/songs/{track_id:str}/feedback", name="song_feedback", status_code=303,
       summary="Like or skip from a form (the no-script path of the like/skip buttons)")
-async def song_feedback(request: Request, track_id: str, engine: EngineDep, sessions: SessionsDep,
+async def song_feedback(request: Request, track_id: FromPath[str], engine: EngineDep, sessions: SessionsDep,
                         events: EventsDep) -> Response:
     form = await request.form()
     kind = str(form.get("type", ""))

@@ -301,8 +301,8 @@ def fine_tune(model: AutoEncoder, scaled: np.ndarray, pairs: Pairs, config: Cotr
             loss = contrastive + config.skip_weight * skip + config.reconstruction_weight * reconstruction
             if not torch.isfinite(loss):
                 raise ModelFitError(f"co-listening fine-tune diverged at epoch {epoch} "
-                                    f"(contrastive {float(contrastive)}, skip {float(skip)}, "
-                                    f"reconstruction {float(reconstruction)})")
+                                    f"(contrastive {contrastive.item()}, skip {skip.item()}, "
+                                    f"reconstruction {reconstruction.item()})")
             loss.backward()
             optimiser.step()
             sums["contrastive"] += contrastive.item()
