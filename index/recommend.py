@@ -208,7 +208,8 @@ class Recommender:
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
             score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
-        order = _first_per_song(_ranking(score, need), t.song_key.take(candidates), need, score)
+        popularity = t.popularity.take(candidates)
+        order = _first_per_song(_ranking(score, popularity, need), t.song_key.take(candidates), need, score, popularity)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
         else:
@@ -390,21 +391,24 @@ def _unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def _ranking(score: np.ndarray, need: int) -> np.ndarray:
-    """``np.argsort(-score, kind="stable")``, or a prefix of it holding every score ≥ the best ``need``-th.
+def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray:
+    """Best score first; equal scores by popularity, then row: a prefix holding every score ≥ the best ``need``-th.
 
-    Ties are kept whole, so the prefix equals the full stable ranking's head; sorting only it
-    saves most of the sort. ``_first_per_song`` falls back to the full ranking when short.
+    Ties are kept whole, so the prefix equals the full ranking's head; sorting only it saves
+    most of the sort. ``_first_per_song`` falls back to the full ranking when short. Why
+    popularity breaks ties: one song listed under several ids (releases, compilations) has one
+    set of features, hence equal scores, and the listener should get the release people play.
     """
     head = need + 48
     if len(score) <= 2 * head:
-        return np.argsort(-score, kind="stable")
+        return np.lexsort((-popularity, -score))
     threshold = np.partition(score, len(score) - head)[len(score) - head]
     top = np.flatnonzero(score >= threshold)
-    return top[np.argsort(-score[top], kind="stable")]
+    return top[np.lexsort((-popularity[top], -score[top]))]
 
 
-def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: np.ndarray) -> np.ndarray:
+def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: np.ndarray,
+                    popularity: np.ndarray) -> np.ndarray:
     """``order`` with every song after its first (best) id dropped; at least ``need`` long when possible.
 
     Deduplicating only a prefix of the ranking gives the same head as deduplicating it all,
@@ -419,7 +423,7 @@ def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: n
         if prefix >= len(order):
             if len(order) == len(score):
                 return head[np.sort(first)]
-            order = np.argsort(-score, kind="stable")
+            order = np.lexsort((-popularity, -score))
         prefix *= 4
 
 

@@ -148,6 +148,15 @@ def test_the_same_song_under_two_ids_appears_once() -> None:
     rec = _recommender(tracks=tracks, vectors=vectors)
     hits = rec.recommend(Query(seeds=[Seed(int(np.argsort(-(vectors @ vectors[200]))[2]), 1.0)], k=30))
     assert len({200, 201} & {h.row for h in hits}) == 1
+    # The listing kept is the one people play: the more popular, whichever row comes first.
+    for popular in (200, 201):
+        popularity = frame_tracks.popularity.copy()
+        popularity[[200, 201]] = 5
+        popularity[popular] = 90
+        ranked = _recommender(tracks=TrackTable.from_frame(frame.assign(popularity=popularity), ["danceability"]),
+                              vectors=vectors)
+        hits = ranked.recommend(Query(seeds=[Seed(int(np.argsort(-(vectors @ vectors[200]))[2]), 1.0)], k=30))
+        assert {200, 201} & {h.row for h in hits} == {popular}
     # And a seed's duplicate listing is not recommended back.
     hits = rec.recommend(Query(seeds=[Seed(200, 1.0)], k=30))
     assert 201 not in {h.row for h in hits}
