@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from index.catalog import TrackTable
+from index.catalog import SEP, TrackTable, casefold_strip
 
 SORTS = ("-popularity", "popularity", "name", "-name", "artist", "-artist")
 
@@ -29,11 +29,14 @@ class Browser:
 
     def __init__(self, tracks: TrackTable) -> None:
         self.tracks = tracks
-        text = [f"{n}\x1f{a}\x1f{al}".casefold() for n, a, al in zip(tracks.name, tracks.artists, tracks.album)]
-        self._search_text = pa.array(text, type=pa.large_string())
+        # Arrow, not Python loops: at 1M tracks these took 3.6 s of the service's start-up.
+        name, artists, album, artist = (pa.array(col, type=pa.large_string())
+                                        for col in (tracks.name, tracks.artists, tracks.album, tracks.artist))
+        # Stripping the ends changes no match: the needle is stripped too.
+        self._search_text = casefold_strip(pc.binary_join_element_wise(name, artists, album, SEP))
         by_pop = np.lexsort((np.arange(len(tracks)), -tracks.popularity.astype(np.int32)))
-        by_name = np.argsort(np.char.lower(tracks.name.astype(str)), kind="stable")
-        by_artist = np.argsort(np.char.lower(tracks.artist.astype(str)), kind="stable")
+        by_name = _stable_order(pc.utf8_lower(name))
+        by_artist = _stable_order(pc.utf8_lower(artist))
         self._orders = {
             "-popularity": by_pop, "popularity": by_pop[::-1].copy(),
             "name": by_name, "-name": by_name[::-1].copy(),
@@ -59,3 +62,8 @@ class Browser:
         matches = order[mask[order]]
         start = (query.page - 1) * query.per_page
         return matches[start:start + query.per_page], int(len(matches))
+
+
+def _stable_order(keys: pa.Array) -> np.ndarray:
+    """Row order by ``keys`` (code point order; equal keys keep row order, as Arrow's sort is stable)."""
+    return pc.sort_indices(keys).to_numpy().astype(np.int64)

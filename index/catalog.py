@@ -19,7 +19,7 @@ TEXT_COLUMNS = ("id", "name", "artists", "artist", "album", "genre", "genres")
 
 # What str.strip() removes from ASCII text (Arrow's own whitespace set lacks \x1c-\x1f).
 _PY_ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
-_SEP = pa.scalar("\x1f", type=pa.large_string())  # joins (name, artist) and (artist, album) into one key
+SEP = pa.scalar("\x1f", type=pa.large_string())  # joins (name, artist) and (artist, album) into one key
 
 
 def _arrow_text(text: pd.Series) -> pa.Array:
@@ -28,7 +28,7 @@ def _arrow_text(text: pd.Series) -> pa.Array:
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
-def _casefold_strip(arr: pa.Array) -> pa.Array:
+def casefold_strip(arr: pa.Array) -> pa.Array:
     """``s.casefold().strip()`` for every string: Arrow for ASCII ones (where casefold is lower),
     Python for the rest, so the result is exactly Python's."""
     out = pc.utf8_trim(pc.utf8_lower(arr), characters=_PY_ASCII_WHITESPACE)
@@ -55,7 +55,7 @@ def _album_keys(text: dict[str, pa.Array], coded: dict[str, tuple[np.ndarray, pa
     """
     (artist_codes, artists), (album_codes, albums) = coded["artist"], coded["album"]
     if pc.any(pc.match_substring(artists, "\x1f")).as_py() or pc.any(pc.match_substring(albums, "\x1f")).as_py():
-        codes, keys = _first_seen_codes(pc.binary_join_element_wise(text["artist"], text["album"], _SEP))
+        codes, keys = _first_seen_codes(pc.binary_join_element_wise(text["artist"], text["album"], SEP))
         key_list = keys.to_pylist()
     else:
         codes, pairs = pd.factorize(artist_codes * max(1, len(albums)) + album_codes, sort=False)
@@ -156,7 +156,7 @@ class TrackTable:
         row_of = dict(zip(ids.tolist(), range(len(ids))))
         if len(row_of) != len(ids):
             raise ValueError("track table has duplicate ids")
-        song = pc.binary_join_element_wise(_casefold_strip(text["name"]), _casefold_strip(text["artist"]), _SEP)
+        song = pc.binary_join_element_wise(casefold_strip(text["name"]), casefold_strip(text["artist"]), SEP)
         song_key, _ = _first_seen_codes(song)
         album_key, album_codes, album_keys = _album_keys(text, coded)
         popularity = frame["popularity"].to_numpy(dtype=np.int16)
