@@ -5,7 +5,6 @@ never mixes two versions inside one answer (in-flight requests finish on the old
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import threading
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+from threadpoolctl import threadpool_limits
 
 from app.browse import Browser
 from index.artifacts import Artifacts, load_artifacts
@@ -78,38 +78,9 @@ def configure_faiss_threads(threads: int) -> None:
 
     A request multiplies small matrices (20 seeds × a few thousand candidates). OpenBLAS
     defaults to one thread per core; its helper threads spin and contend with the other
-    workers, which doubled the CPU per recommendation (benchmarks/README.md).
+    workers. The libraries are already loaded, so OPENBLAS_NUM_THREADS would come too late:
+    threadpoolctl calls each loaded BLAS's and OpenMP's own setter (numpy's and FAISS's).
     """
-    faiss.omp_set_num_threads(max(1, threads))
-    set_blas_threads(max(1, threads))
-
-
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-                 "openblas_set_num_threads", "MKL_Set_Num_Threads")
-
-
-def set_blas_threads(threads: int) -> list[str]:
-    """Set the thread count of every BLAS library loaded in this process (numpy's, FAISS's).
-
-    The library is already loaded, so OPENBLAS_NUM_THREADS would come too late; its own
-    setter is called instead, found in /proc/self/maps (Linux). Returns the libraries set.
-    """
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    paths = sorted({line.split()[-1] for line in maps.splitlines()
-                    if line.split()[-1].startswith("/") and ("blas" in line.lower() or "mkl_rt" in line.lower())})
-    done = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _BLAS_SETTERS:
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(threads))
-                done.append(f"{Path(path).name}:{name}")
-                break
-    return done
+    threads = max(1, threads)
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(limits=threads)
