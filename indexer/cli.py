@@ -14,7 +14,7 @@ from pathlib import Path
 from data.schema import DataError
 from index.artifacts import ArtifactError
 from index.faiss_index import INDEX_TYPES, IndexBuildError
-from indexer.train import ModelFitError
+from indexer.errors import ModelFitError
 
 log = logging.getLogger("indexer")
 DEFAULT_DATASET = Path("data/dataset.csv")

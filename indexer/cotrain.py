@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from index.catalog import TrackTable
 from index.recommend import LIKE, SKIP, VIEW, Query, Recommender, ScoringParams, seeds_from_events
-from indexer.train import ModelFitError, default_threads
+from indexer.errors import ModelFitError
+from indexer.train import default_threads
 from models.autoencoder import AutoEncoder, embed, reconstruction_mse
 
 log = logging.getLogger(__name__)

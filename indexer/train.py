@@ -12,13 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from indexer.errors import ModelFitError
 from models.autoencoder import AutoEncoder
 
 log = logging.getLogger(__name__)
-
-
-class ModelFitError(RuntimeError):
-    """Training diverged (NaN/inf loss) or had too little data to learn from."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from indexer.cotrain import (
 )
 from indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
 from indexer.pipeline import BuildOptions, VersionCheckError, build_version, train_and_embed
-from indexer.train import ModelFitError
+from indexer.errors import ModelFitError
 
 ROW_OF = {t: i for i, t in enumerate("ABCDEF")}
 FAST = BuildOptions(epochs=2, seed=3, progress=False, eval_sample=100, threads=1)

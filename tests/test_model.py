@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from indexer.train import ModelFitError, TrainConfig, train_autoencoder
+from indexer.errors import ModelFitError
+from indexer.train import TrainConfig, train_autoencoder
 from models.autoencoder import AutoEncoder, embed, l2_normalise
 from models.scaler import StandardScaler
 
