@@ -261,7 +261,7 @@ class Recommender:
         """The seeds' artist and album tracks, flattened once per request.
 
         ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
-        ANN may miss. The (row, seed, value) triples feed ``_affinity``.
+        ANN may miss. The (row, seed, value) triples feed ``_add_affinity``.
         """
         per_seed = [self._track_links(row) for row in seed_rows.tolist()]
         capped = [links[0] for links in per_seed if len(links[0])]
@@ -269,7 +269,7 @@ class Recommender:
         lengths = [len(links[1]) for links in per_seed]
         return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
                       np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
-                      np.concatenate([links[2] for links in per_seed]), len(per_seed))
+                      np.concatenate([links[2] for links in per_seed]))
 
     def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> None:
         """per_seed[s, i] += weight · a(s, c_i) for the (seed, candidate) pairs where a ≠ 0.
@@ -279,9 +279,7 @@ class Recommender:
         """
         if not len(links.rows) or not len(candidates):
             return
-        pos = np.searchsorted(candidates, links.rows)
-        pos[pos == len(candidates)] = 0
-        hit = candidates[pos] == links.rows
+        pos, hit = _find(candidates, links.rows)
         per_seed[links.seed[hit], pos[hit]] += weight * links.value[hit]
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
@@ -355,7 +353,6 @@ class _Links:
     rows: np.ndarray         # int64: for each seed, the rows it has an affinity with …
     seed: np.ndarray         # … the seed (column) each belongs to
     value: np.ndarray        # … and a(s, c), float32
-    n_seeds: int
 
 
 @dataclass(frozen=True)
@@ -371,13 +368,18 @@ class _Context:
     links: _Links | None
 
 
+def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``sorted_set``, found?) of each value, by binary search; ``sorted_set`` non-empty."""
+    pos = np.searchsorted(sorted_set, values)
+    pos[pos == len(sorted_set)] = 0
+    return pos, sorted_set[pos] == values
+
+
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """``np.isin(values, sorted_set)`` for a sorted set, by binary search (cheaper for small sets)."""
     if not len(sorted_set):
         return np.zeros(len(values), dtype=bool)
-    pos = np.searchsorted(sorted_set, values)
-    pos[pos == len(sorted_set)] = 0
-    return sorted_set[pos] == values
+    return _find(sorted_set, values)[1]
 
 
 def _unique(values: np.ndarray) -> np.ndarray:
@@ -423,7 +425,7 @@ def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: n
         if prefix >= len(order):
             if len(order) == len(score):
                 return head[np.sort(first)]
-            order = np.lexsort((-popularity, -score))
+            order = _ranking(score, popularity, len(score))  # the full ranking
         prefix *= 4
 
 
