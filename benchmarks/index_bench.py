@@ -42,6 +42,7 @@ from typing import Callable  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from index.artifacts import EMBEDDINGS, TRACKS, read_manifest, resolve_version_dir  # noqa: E402
 from index.catalog import TrackTable  # noqa: E402
@@ -152,11 +153,8 @@ def exact_table(embeddings: np.ndarray, width: int, threads: int, block: int = 5
 
 def ann_table(index: faiss.Index, embeddings: np.ndarray, width: int, threads: int) -> np.ndarray:
     """Every track's top-``width`` from an ANN index (for catalogs too big for the exact one)."""
-    faiss.omp_set_num_threads(threads)
-    try:
+    with threadpool_limits(limits=threads, user_api="openmp"):
         _, ids = index.search(np.ascontiguousarray(embeddings), width)
-    finally:
-        faiss.omp_set_num_threads(1)
     return ids.astype(np.int32)
 
 
@@ -253,13 +251,10 @@ def _index_bytes(index: faiss.Index) -> int:
 
 
 def _build(fn: Callable[[], object], threads: int) -> tuple[object, float]:
-    faiss.omp_set_num_threads(threads)
-    try:
+    with threadpool_limits(limits=threads, user_api="openmp"):
         started = time.perf_counter()
         built = fn()
         return built, time.perf_counter() - started
-    finally:
-        faiss.omp_set_num_threads(1)
 
 
 def bench_catalog(name: str, path: Path, args: argparse.Namespace) -> list[Row]:

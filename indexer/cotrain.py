@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 from index.catalog import TrackTable
 from index.recommend import LIKE, SKIP, VIEW, Query, Recommender, ScoringParams, seeds_from_events
@@ -218,15 +219,11 @@ def next_track_hit_rate(embeddings: np.ndarray, tracks: TrackTable, sessions: Se
     hits = 0
     # One request's search is a few seed vectors: as in a service worker, one FAISS thread is
     # faster than a team (whose spin-waits stall on a busy machine). Restored for the build after.
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with threadpool_limits(limits=1, user_api="openmp"):
         for prefix, target in queries:
             seen = seeds_from_events(((kind, ids[row]) for kind, row in prefix), tracks.row_of, params)
             answer = recommender.recommend(Query(seeds=seen.seeds, k=k, negatives=seen.negatives, exclude=seen.seen))
             hits += any(h.row == target for h in answer)
-    finally:
-        faiss.omp_set_num_threads(threads)
     return {"hit_rate": hits / len(queries), "queries": len(queries)}
 
 
