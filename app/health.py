@@ -6,7 +6,6 @@ from litestar import Response, get
 from app.deps import EngineDep, EventsDep, MetricsDep, SessionsDep
 from app.engine import Engine
 from app.events import EventSink
-from app.metrics import ServiceMetrics
 from app.sessions import SessionStore
 
 

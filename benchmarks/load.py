@@ -461,7 +461,7 @@ def summary(result: RunResult, svc: Service, rss: tuple[float, float], args: arg
         f"Locust {result.locust_cores:.2f} (of {os.cpu_count()})",
         f"# service start-up: /readyz after {svc.ready_s:.1f}s, all workers after {svc.all_ready_s:.1f}s; "
         f"memory after the run: RSS {rss[0]:,.0f} MiB, PSS {rss[1]:,.0f} MiB (all service processes)",
-        f"# Locust's own CSV p99 (whole run, rounded): "
+        "# Locust's own CSV p99 (whole run, rounded): "
         + ", ".join(f"{k} {v:g}" for k, v in result.locust_p99_csv.items() if k in (*RECOMMENDATIONS, "Aggregated")),
     ]
     return "\n".join(lines)

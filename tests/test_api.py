@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
-import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
