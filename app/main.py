@@ -16,9 +16,9 @@ import anyio
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -26,7 +26,7 @@ from app import admin, api, health, pages
 from app.engine import Engine, EngineHolder, configure_faiss_threads
 from app.errors import EXCEPTION_HANDLERS
 from app.events import EventSink, open_event_sink
-from app.metrics import LATENCY_BUCKETS, ServiceMetrics
+from app.metrics import RequestMetrics, ServiceMetrics
 from app.reload import Reloader
 from app.sessions import SessionStore, open_session_store
 from app.settings import Settings
@@ -87,8 +87,6 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
     def provide_metrics() -> ServiceMetrics:
         return metrics
 
-    prometheus = PrometheusConfig(app_name="musicrec", group_path=True, buckets=list(LATENCY_BUCKETS),
-                                  exclude=["/metrics"])
     return Litestar(
         route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *pages.ROUTES,
                         create_static_files_router(path="/static", directories=[APP_DIR / "static"])],
@@ -101,7 +99,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         },
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[prometheus.middleware],
+        middleware=[DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="musicrec", version="0.1.0", path="/schema"),
         state=State({"settings": settings}),

@@ -46,9 +46,14 @@ async def test_health_readiness_metrics_and_schema(client: AsyncTestClient) -> N
     assert ready["status"] == "ok" and ready["redis"] == "ok" and ready["kafka"] == "disabled"
     assert ready["demo"] is True and ready["artifacts"]["loaded"] is True and ready["model_version"]
     await client.get("/api/songs_recommendations")
+    assert (await client.get("/api/songs/no-such-track")).status_code == 404
     metrics = (await client.get("/metrics")).text
     assert "musicrec_recommendation_seconds_bucket" in metrics and "musicrec_events_dropped_total" in metrics
-    assert "musicrec_redis_degraded 0.0" in metrics and "/api/songs_recommendations" in metrics
+    assert "musicrec_redis_degraded 0.0" in metrics
+    assert ('musicrec_http_request_duration_seconds_count{method="GET",path="/api/songs_recommendations",'
+            'status_code="200"} 1.0') in metrics
+    # Routes are labelled by template, not by raw path (bounded label sets), with the status sent.
+    assert 'path="/api/songs/{track_id}",status_code="404"} 1.0' in metrics
     assert (await client.get("/schema/openapi.json")).json()["paths"]["/api/recommendations"]
 
 
