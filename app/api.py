@@ -5,13 +5,14 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeAlias
 
-from litestar import Request, Response, delete, get, post
+from litestar import MediaType, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from app import service
+from app.answers import AnswerCache
 from app.browse import BrowseQuery
 from app.clients import client_id, remember
 from app.deps import EngineDep, MetricsDep, SessionsDep
@@ -41,12 +42,13 @@ class Serving:
     sessions: SessionStore
     events: EventSink
     metrics: ServiceMetrics
+    answers: AnswerCache
 
 
 def provide_serving(state: State, metrics: MetricsDep) -> Serving:
     # The same objects the app-level providers give: the current Engine (taken once per request,
     # so a swap never mixes versions), the session store and the event sink.
-    return Serving(state.holder.current, state.sessions, state.events, metrics)
+    return Serving(state.holder.current, state.sessions, state.events, metrics, state.answers)
 
 
 ServingDep: TypeAlias = NamedDependency[SkipValidation[Serving]]
@@ -63,9 +65,9 @@ async def songs_recommendations(
     client, is_new = client_id(request)
     events = [] if is_new else await serving.sessions.recent(client)
     started = time.perf_counter()
-    items = service.recommend_session(serving.engine, events, k, diversity=diversity)
+    body = service.session_answer(serving.engine, serving.answers, events, k, diversity=diversity)
     serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
-    return remember(Response(items), client, is_new)
+    return remember(Response(body, media_type=MediaType.JSON), client, is_new)
 
 
 @post("/api/recommendations", status_code=200, dependencies=SERVING,

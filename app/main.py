@@ -23,6 +23,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from app import admin, api, health, pages
+from app.answers import AnswerCache
 from app.engine import Engine, EngineHolder, configure_faiss_threads
 from app.errors import EXCEPTION_HANDLERS
 from app.events import EventSink, open_event_sink
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             holder = EngineHolder(engine)
             reloader = Reloader(settings.artifacts_dir, holder)
             app.state.holder, app.state.sessions, app.state.events = holder, sessions, events
+            app.state.answers = answers = AnswerCache(settings.answer_cache_size)
             app.state.reloader = reloader
             if settings.reload_poll_s > 0:
                 watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
                 "produced": events.produced, "dropped": events.dropped, "buffered": events.buffered,
                 "redis_degraded": sessions.status == "degraded", "kafka_degraded": events.status == "degraded",
                 "model_version": holder.current.model_version, "demo": holder.current.artifacts.manifest.demo,
+                "answer_hits": answers.hits, "answer_misses": answers.misses,
             })
             log.info("ready: model %s, sessions %s, events %s", engine.model_version, sessions.status, events.status)
             yield

@@ -32,6 +32,10 @@ class _StateCollector(Collector):
                                 value=float(s["redis_degraded"]))
         yield GaugeMetricFamily("musicrec_kafka_degraded", "1 while Kafka is configured but unreachable",
                                 value=float(s["kafka_degraded"]))
+        yield CounterMetricFamily("musicrec_answer_cache_hits", "session answers served from this worker's answer cache",
+                                  value=float(s["answer_hits"]))
+        yield CounterMetricFamily("musicrec_answer_cache_misses", "session answers computed (then kept)",
+                                  value=float(s["answer_misses"]))
         info = GaugeMetricFamily("musicrec_model_info", "the artefact version being served",
                                  labels=["model_version", "demo"])
         info.add_metric([str(s["model_version"]), str(s["demo"]).lower()], 1.0)

@@ -5,8 +5,10 @@ import time
 import uuid
 from typing import Sequence
 
+import msgspec
 import numpy as np
 
+from app.answers import AnswerCache
 from app.engine import Engine
 from app.errors import BadRequest, NotFound
 from app.schemas import (
@@ -95,6 +97,16 @@ def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *,
     # Built directly, not via RecommendedTrack (the hot path: one struct per track, not two).
     return [SongRecommendation(ids[h.row], names[h.row], artists[h.row], genres[h.row], int(popularity[h.row]),
                                round(h.score, 6), ids[h.because] if h.because >= 0 else None) for h in hits]
+
+
+def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,
+                   diversity: float = 0.0) -> bytes:
+    """``recommend_session`` as JSON, from the answer cache when this exact session was answered before."""
+    key = (engine.model_version, tuple((e.type, e.track_id) for e in events), k, diversity)
+    return answers.get_or_compute(key, lambda: _encode(recommend_session(engine, events, k, diversity=diversity)))
+
+
+_encode = msgspec.json.encode
 
 
 def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: float | None,

@@ -56,6 +56,8 @@ class Settings:
     """Threads FAISS/BLAS may use per worker (pinned at start-up; see app.engine)."""
     reload_poll_s: float = 5.0
     """How often the artefact watcher checks ``current``; 0 turns the watcher off."""
+    answer_cache_size: int = 4096
+    """Encoded "what next?" answers kept per worker, by exact session state (app.answers); 0 = off."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -180,6 +182,8 @@ def _parse(values: Mapping[str, str]) -> Settings:
         faiss_threads=p.get("FAISS_THREADS", d.faiss_threads, int, lambda v: 1 <= v <= 256, "an integer in 1..256"),
         reload_poll_s=p.get("RELOAD_POLL_S", d.reload_poll_s, _finite_float, lambda v: v >= 0,
                             "a number of seconds >= 0 (0 = off)"),
+        answer_cache_size=p.get("ANSWER_CACHE_SIZE", d.answer_cache_size, int, lambda v: 0 <= v <= 1_000_000,
+                                "an integer in 0..1000000 (0 = off)"),
     )
     if p.errors:
         raise SettingsError("invalid settings: " + "; ".join(p.errors))
