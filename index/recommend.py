@@ -265,7 +265,7 @@ class Recommender:
         """
         per_seed = [self._track_links(row) for row in seed_rows.tolist()]
         capped = [links[0] for links in per_seed if len(links[0])]
-        candidates = _unique(np.concatenate(capped)) if capped else np.empty(0, np.int64)
+        candidates = np.concatenate(capped) if capped else np.empty(0, np.int64)  # made unique with the ANN rows
         lengths = [len(links[1]) for links in per_seed]
         return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
                       np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
@@ -349,7 +349,7 @@ class NeighbourMemo:
 class _Links:
     """The seeds' artist and album tracks for one request (see ``Recommender._seed_links``)."""
 
-    candidates: np.ndarray   # int64 rows, sorted, unique
+    candidates: np.ndarray   # int64 rows, repeats allowed (``recommend`` uniques them with the ANN rows)
     rows: np.ndarray         # int64: for each seed, the rows it has an affinity with …
     seed: np.ndarray         # … the seed (column) each belongs to
     value: np.ndarray        # … and a(s, c), float32
