@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Final, Protocol
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -236,14 +236,21 @@ class RedisSessionStore:
             return
 
 
-def redis_client(url: str, timeout_s: float) -> Redis:
+def redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Redis:
     """A redis.asyncio client whose every call is bounded by ``timeout_s`` and never retried.
 
     redis-py retries connection errors 3 times with backoff by default; here a failed call
     should fail fast and let the store fall back, so retries are off.
+
+    The pool blocks (up to ``timeout_s``) when all ``max_connections`` are busy. redis-py's
+    default pool raises "Too many connections" at once instead, so a burst of more than 100
+    concurrent requests in one worker looked like a Redis outage: sessions flapped to memory
+    and back and the worker fell further behind (benchmarks/README.md, the 1M load test).
     """
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                          retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+    return Redis.from_pool(pool)
 
 
 @asynccontextmanager
@@ -252,7 +259,7 @@ async def open_session_store(settings: "Settings", *, prefix: str = DEFAULT_PREF
     if settings.memory_sessions:
         yield MemorySessionStore(settings.session_len, settings.session_ttl_s)
         return
-    client = redis_client(settings.redis_url, settings.redis_timeout_s)
+    client = redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections)
     store = RedisSessionStore(client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix)
     try:
         await store.start()

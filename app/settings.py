@@ -47,6 +47,8 @@ class Settings:
     session_len: int = 20
     event_buffer_size: int = 10_000
     redis_timeout_s: float = 0.25
+    redis_max_connections: int = 64
+    """Redis connections per worker; a request waits (up to ``redis_timeout_s``) for a free one."""
     log_level: str = "INFO"
     mode: Mode = "offline"
     admin_token: str = ""
@@ -174,6 +176,8 @@ def _parse(values: Mapping[str, str]) -> Settings:
         event_buffer_size=p.get("EVENT_BUFFER_SIZE", d.event_buffer_size, int, lambda v: v >= 1, "an integer >= 1"),
         redis_timeout_s=p.get("REDIS_TIMEOUT_S", d.redis_timeout_s, _finite_float, lambda v: 0 < v <= 60,
                               "a number of seconds in (0, 60]"),
+        redis_max_connections=p.get("REDIS_MAX_CONNECTIONS", d.redis_max_connections, int, lambda v: 1 <= v <= 10_000,
+                                    "an integer in 1..10000"),
         log_level=p.get("LOG_LEVEL", d.log_level, str.upper, lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
         mode=cast(Mode, p.get("MODE", d.mode, str.lower, lambda v: v in MODES, f"one of {', '.join(MODES)}")),
         admin_token=p.get("ADMIN_TOKEN", d.admin_token, str),

@@ -229,3 +229,23 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
         finally:
             await store.close()
             await client.aclose()
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one_instead_of_failing_over(
+        redis_url: str, redis_prefix: str) -> None:
+    """A burst beyond the pool (here 300 calls on 4 connections) is local load, not a Redis outage.
+
+    redis-py's default pool raised "Too many connections" past 100 at once, which sent the store
+    to its memory fallback mid-burst (and back): sessions flapped under load.
+    """
+    client = redis_client(redis_url, 2.0, max_connections=4)
+    store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix)
+    await store.start()
+    try:
+        await asyncio.gather(*(store.append(f"burst-{i % 30}", ev(i)) for i in range(300)))
+        sessions = await asyncio.gather(*(store.recent(f"burst-{c}") for c in range(30)))
+        assert store.status == "ok" and len(store.fallback) == 0
+        assert all(len(s) == MAX_LEN for s in sessions)
+    finally:
+        await store.close()
+        await client.aclose()
