@@ -41,7 +41,8 @@ class Engine:
     def load(cls, path: str | Path, params: ScoringParams = ScoringParams(), *, verify: bool = True) -> "Engine":
         started = time.perf_counter()
         artifacts = load_artifacts(path, verify=verify)
-        engine = cls(artifacts, Recommender(artifacts.embeddings, artifacts.index, artifacts.tracks, params),
+        engine = cls(artifacts, Recommender(artifacts.embeddings, artifacts.index, artifacts.tracks, params,
+                                            neighbours=artifacts.neighbours),
                      Browser(artifacts.tracks), 0.0)
         elapsed = time.perf_counter() - started
         object.__setattr__(engine, "loaded_in_s", elapsed)

@@ -32,7 +32,9 @@ EMBEDDINGS = "embeddings.npy"
 INDEX = "index.faiss"
 TRACKS = "tracks.parquet"
 CURRENT = "current"
+NEIGHBOURS = "neighbours.npy"
 DATA_FILES = (MODEL, SCALER, EMBEDDINGS, INDEX, TRACKS)
+OPTIONAL_FILES = (NEIGHBOURS,)  # checked like the others when the manifest lists them
 
 
 class ArtifactError(Exception):
@@ -94,9 +96,10 @@ def finalize_version(staged: Path, out: Path, manifest: Manifest, *, replace: bo
     missing = [name for name in DATA_FILES if not (staged / name).is_file()]
     if missing:
         raise ArtifactError(f"{staged}: staged version lacks {', '.join(missing)}")
-    manifest.checksums = {name: sha256_file(staged / name) for name in DATA_FILES}
+    present = [*DATA_FILES, *(name for name in OPTIONAL_FILES if (staged / name).is_file())]
+    manifest.checksums = {name: sha256_file(staged / name) for name in present}
     (staged / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
-    for name in (*DATA_FILES, MANIFEST):
+    for name in (*present, MANIFEST):
         with open(staged / name, "rb") as fh:
             os.fsync(fh.fileno())
     os.chmod(staged, 0o755)
@@ -153,6 +156,7 @@ class Artifacts:
     index: faiss.Index
     tracks: TrackTable
     scaler: dict[str, Any]
+    neighbours: np.ndarray | None = None  # (n, width) int32, memory-mapped: every track's ANN answer
 
     @property
     def model_version(self) -> str:
@@ -163,7 +167,8 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
     """Load and cross-check one version; refuses a mismatched or corrupt set with ArtifactError."""
     version_dir = resolve_version_dir(path)
     manifest = read_manifest(version_dir)
-    for name in DATA_FILES:
+    listed = [*DATA_FILES, *(name for name in OPTIONAL_FILES if name in manifest.checksums)]
+    for name in listed:
         file = version_dir / name
         if not file.is_file():
             raise ArtifactError(f"{version_dir}: {name} is missing")
@@ -174,6 +179,8 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         index = load_index(version_dir / INDEX)
         tracks = TrackTable.from_parquet(version_dir / TRACKS, manifest.features)
         scaler = json.loads((version_dir / SCALER).read_text())
+        neighbours = (np.load(version_dir / NEIGHBOURS, mmap_mode="r", allow_pickle=False)
+                      if NEIGHBOURS in listed else None)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{version_dir}: cannot read artefacts: {exc}") from exc
     expected = (manifest.n_tracks, manifest.dim)
@@ -187,4 +194,6 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         raise ArtifactError(f"{version_dir}: track table has {len(tracks)} rows, manifest says {manifest.n_tracks}")
     if scaler.get("features") != manifest.features:
         raise ArtifactError(f"{version_dir}: scaler features {scaler.get('features')} differ from the manifest's")
-    return Artifacts(version_dir, manifest, embeddings, index, tracks, scaler)
+    if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != manifest.n_tracks):
+        raise ArtifactError(f"{version_dir}: neighbour table {neighbours.shape}, manifest says {manifest.n_tracks} rows")
+    return Artifacts(version_dir, manifest, embeddings, index, tracks, scaler, neighbours)

@@ -13,6 +13,7 @@ only scanned in full when filters leave too few ANN hits (exact fallback).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -20,6 +21,8 @@ import faiss
 import numpy as np
 
 from index.catalog import TrackTable
+
+log = logging.getLogger(__name__)
 
 VIEW, SKIP, LIKE = "track_view", "skip", "like"
 
@@ -119,14 +122,17 @@ class Recommender:
     """
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
-                 params: ScoringParams = ScoringParams(), *, memo: bool = True) -> None:
+                 params: ScoringParams = ScoringParams(), *, memo: bool = True,
+                 neighbours: np.ndarray | None = None) -> None:
         self.embeddings = embeddings
         self._vectors = np.asarray(embeddings)  # a plain view of a memmap: cheaper to index per request
         self.index = index
         self.tracks = tracks
         self.params = params
         self.n = len(tracks)
-        self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth) if memo and index is not None else None
+        self._memo = None
+        if memo and index is not None:
+            self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth, table=neighbours)
         self._links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._links_max = 200_000
 
@@ -303,13 +309,14 @@ class Recommender:
 
 
 class NeighbourMemo:
-    """Each seed track's ANN answer, kept after its first search.
+    """Each seed track's ANN answer: precomputed by the build, or kept after its first search.
 
     Seeds are always catalog tracks, so a track's neighbour list is a fixed function of its row:
-    searching it again returns the same rows. Keeping them turns the steady-state search into a
-    table lookup (the precomputed top-N table of benchmarks/README.md, filled on demand). Memory is
-    ``n × width`` int32 allocated zeroed (untouched pages cost no RSS), so it grows with the
-    tracks actually played, up to 32 MB at 114k and 512 MB at 1M tracks per process.
+    searching it again returns the same rows. The build searches every row once (``fill``) and
+    ships the table (``neighbours.npy``, memory-mapped read-only, so the workers share one copy
+    in the page cache: 46 MB at 114k, 512 MB at 1M); a request is then a table lookup. Without
+    one (an older version), the table is ``n × width`` int32 allocated zeroed and filled on
+    demand, so its resident memory grows with the tracks actually played.
 
     ``width`` answers serve every depth up to it only for indexes whose top-d is the prefix of
     their top-w (flat and IVF scan the same vectors whatever k is); HNSW's beam depends on k, so
@@ -319,17 +326,40 @@ class NeighbourMemo:
 
     PREFIX_WIDTH = 128
 
-    def __init__(self, n: int, width: int, prefix: bool) -> None:
+    def __init__(self, n: int, width: int, prefix: bool, table: np.ndarray | None = None) -> None:
         self.width = width
         self.prefix = prefix
-        self.table = np.zeros((n, width), dtype=np.int32)
-        self.filled = np.zeros(n, dtype=bool)
+        if table is None:
+            self.table = np.zeros((n, width), dtype=np.int32)
+            self.filled = np.zeros(n, dtype=bool)
+        else:  # precomputed at build time (``fill``): every row is there, nothing is written
+            self.table = table
+            self.filled = np.ones(n, dtype=bool)
 
     @classmethod
-    def for_index(cls, index: faiss.Index, n: int, min_depth: int) -> "NeighbourMemo":
+    def for_index(cls, index: faiss.Index, n: int, min_depth: int, *, table: np.ndarray | None = None) -> "NeighbourMemo":
+        """The memo this index needs; ``table`` (the build's, ``fill``-ed) is used when its shape fits."""
         inner = faiss.downcast_index(index)
         prefix = isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
-        return cls(n, max(min_depth, cls.PREFIX_WIDTH) if prefix else min_depth, prefix)
+        width = max(min_depth, cls.PREFIX_WIDTH) if prefix else min_depth
+        if table is not None and (table.shape != (n, width) or table.dtype != np.int32):
+            log.warning("ignoring the precomputed neighbour table: %s %s, this index needs (%d, %d) int32",
+                        table.shape, table.dtype, n, width)
+            table = None
+        return cls(n, width, prefix, table)
+
+    def fill(self, index: faiss.Index, vectors: np.ndarray, batch: int = 65_536) -> np.ndarray:
+        """Search every row now (at build time), so a service never searches at request time.
+
+        Why: at 1M tracks a seed's first search costs ~0.3 ms, and a listener's first request
+        ~5 ms; a burst of new listeners queued behind them (benchmarks/README.md).
+        """
+        for start in range(0, len(self.filled), batch):
+            stop = min(start + batch, len(self.filled))
+            _, ann = index.search(np.ascontiguousarray(vectors[start:stop], dtype=np.float32), self.width)
+            self.table[start:stop] = ann
+        self.filled[:] = True
+        return self.table
 
     def serves(self, depth: int) -> bool:
         return depth <= self.width if self.prefix else depth == self.width

@@ -24,11 +24,12 @@ import torch
 from data.loader import Catalog
 from data.schema import DataError
 from index.artifacts import (
-    CURRENT, EMBEDDINGS, INDEX, MODEL, SCALER, TRACKS, ArtifactError, Manifest, SourceInfo, finalize_version,
-    load_artifacts, publish, sha256_file, stage_dir,
+    CURRENT, EMBEDDINGS, INDEX, MODEL, NEIGHBOURS, SCALER, TRACKS, ArtifactError, Manifest, SourceInfo,
+    finalize_version, load_artifacts, publish, sha256_file, stage_dir,
 )
 from index.catalog import TrackTable
 from index.faiss_index import build_index, factory_string, save_index
+from index.recommend import NeighbourMemo, ScoringParams
 from indexer.cotrain import CotrainConfig, cotrain
 from indexer.evaluate import ann_recall, genre_agreement_report
 from indexer.train import TrainConfig, TrainResult, train_autoencoder
@@ -146,6 +147,9 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         (staged / SCALER).write_text(json.dumps(scaler_doc, indent=2))
         np.save(staged / EMBEDDINGS, embeddings, allow_pickle=False)
         save_index(index, staged / INDEX)
+        # Every track's ANN answer, searched now so the service never searches at request time.
+        memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)
+        np.save(staged / NEIGHBOURS, memo.fill(index, embeddings), allow_pickle=False)
         catalog.tracks.to_parquet(staged / TRACKS, index=False)
         report = catalog.report
         manifest = Manifest(

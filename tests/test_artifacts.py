@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from index.artifacts import (
-    CURRENT, EMBEDDINGS, INDEX, MANIFEST, TRACKS, ArtifactError, load_artifacts, read_manifest, resolve_version_dir,
+    CURRENT, EMBEDDINGS, INDEX, MANIFEST, NEIGHBOURS, TRACKS, ArtifactError, load_artifacts, read_manifest,
+    resolve_version_dir,
 )
+from index.recommend import NeighbourMemo, Query, Recommender, Seed
 from index.faiss_index import build_index, exact_search
 from indexer.pipeline import BuildOptions, build_version
 
@@ -59,6 +61,34 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def test_the_build_precomputes_every_tracks_neighbours(demo_artifacts: Path, tmp_path: Path) -> None:
+    """The table is the ANN answer of every row, so serving from it answers exactly as searching would."""
+    loaded = load_artifacts(demo_artifacts)
+    assert NEIGHBOURS in loaded.manifest.checksums and loaded.neighbours.dtype == np.int32
+    assert not loaded.neighbours.flags.writeable  # memory-mapped read-only: shared by the workers' page cache
+    rows = np.arange(0, len(loaded.tracks), 37)
+    _, searched = loaded.index.search(np.asarray(loaded.embeddings)[rows], loaded.neighbours.shape[1])
+    np.testing.assert_array_equal(loaded.neighbours[rows], searched)
+
+    with_table = Recommender(loaded.embeddings, loaded.index, loaded.tracks, neighbours=loaded.neighbours)
+    on_demand = Recommender(loaded.embeddings, loaded.index, loaded.tracks)
+    assert with_table._memo.filled.all() and not on_demand._memo.filled.any()
+    for first in range(0, 200, 20):
+        query = Query(seeds=[Seed(r, 1.0) for r in range(first, first + 5)], k=10, negatives=[first + 7])
+        assert with_table.recommend(query) == on_demand.recommend(query)
+
+    # A version built before the table (no checksum for it) still loads, and searches on demand.
+    older = _copy(demo_artifacts, tmp_path / "older")
+    (older / NEIGHBOURS).unlink()
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["checksums"][NEIGHBOURS]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    assert load_artifacts(older).neighbours is None
+    # A table that does not fit the index is not used (the memo searches instead), and says so.
+    wrong = NeighbourMemo.for_index(loaded.index, len(loaded.tracks), 64, table=np.zeros((3, 5), np.int32))
+    assert not wrong.filled.any()
+
+
 def test_corrupt_or_incomplete_sets_are_refused(demo_artifacts: Path, tmp_path: Path) -> None:
     corrupt = _copy(demo_artifacts, tmp_path / "corrupt")
     emb = np.load(corrupt / EMBEDDINGS)
@@ -66,6 +96,10 @@ def test_corrupt_or_incomplete_sets_are_refused(demo_artifacts: Path, tmp_path: 
     np.save(corrupt / EMBEDDINGS, emb)
     with pytest.raises(ArtifactError, match="checksum"):
         load_artifacts(corrupt)
+    table = _copy(demo_artifacts, tmp_path / "table")
+    np.save(table / NEIGHBOURS, np.zeros_like(np.load(table / NEIGHBOURS)))
+    with pytest.raises(ArtifactError, match="neighbours.npy: checksum"):
+        load_artifacts(table)
     missing = _copy(demo_artifacts, tmp_path / "missing")
     (missing / INDEX).unlink()
     with pytest.raises(ArtifactError, match="index.faiss is missing"):
