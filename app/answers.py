@@ -9,7 +9,7 @@ the key, and a new model version never sees the old one's entries, which age out
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Callable
 
 AnswerKey = tuple[str, tuple[tuple[str, str], ...], int, float]
 
@@ -23,7 +23,7 @@ class AnswerCache:
         self.size = size
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._entries: OrderedDict[AnswerKey, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -18,6 +18,8 @@ from app.sessions import SessionEvent
 from data.events import EVENT_TYPES, TYPE_ALIASES, Event
 from index.recommend import Filters, Hit, Query, Seed, seeds_from_events
 
+_encode = msgspec.json.encode
+
 
 def normalise_event_type(kind: str) -> str:
     kind = TYPE_ALIASES.get(kind, kind)
@@ -104,9 +106,6 @@ def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[Sessio
     """``recommend_session`` as JSON, from the answer cache when this exact session was answered before."""
     key = (engine.model_version, tuple((e.type, e.track_id) for e in events), k, diversity)
     return answers.get_or_compute(key, lambda: _encode(recommend_session(engine, events, k, diversity=diversity)))
-
-
-_encode = msgspec.json.encode
 
 
 def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: float | None,

@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from index.artifacts import EMBEDDINGS, TRACKS, read_manifest, resolve_version_dir  # noqa: E402
 from index.catalog import TrackTable  # noqa: E402
 from index.faiss_index import build_index, configure, factory_string  # noqa: E402
-from index.recommend import Query, Recommender, ScoringParams, Seed  # noqa: E402
+from index.recommend import NeighbourMemo, Query, Recommender, ScoringParams, Seed  # noqa: E402
 
 K = 20
 SEEDS = 20
@@ -152,10 +152,10 @@ def exact_table(embeddings: np.ndarray, width: int, threads: int, block: int = 5
 
 
 def ann_table(index: faiss.Index, embeddings: np.ndarray, width: int, threads: int) -> np.ndarray:
-    """Every track's top-``width`` from an ANN index (for catalogs too big for the exact one)."""
+    """Every track's top-``width`` from an ANN index (for catalogs too big for the exact one):
+    the table ``indexer build`` ships, filled the same way."""
     with threadpool_limits(limits=threads, user_api="openmp"):
-        _, ids = index.search(np.ascontiguousarray(embeddings), width)
-    return ids.astype(np.int32)
+        return NeighbourMemo(len(embeddings), width, prefix=True).fill(index, embeddings)
 
 
 # -- workload and truth ---------------------------------------------------------------------
