@@ -36,9 +36,11 @@ def test_environment_overrides_the_env_file_and_a_missing_file_is_fine(tmp_path:
 def test_values_are_converted_and_normalised() -> None:
     s = Settings.from_env({"ARTIFACTS_DIR": "/srv/art", "REDIS_URL": "memory://", "LOG_LEVEL": "debug",
                            "MODE": "ONLINE", "REDIS_TIMEOUT_S": "0.5", "KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:9093",
-                           "RELOAD_POLL_S": "0", "FAISS_THREADS": "2"}, env_file=None)
+                           "RELOAD_POLL_S": "0", "FAISS_THREADS": "2", "ANSWER_CACHE_SIZE": "0",
+                           "REDIS_MAX_CONNECTIONS": "8"}, env_file=None)
     assert s.artifacts_dir == Path("/srv/art") and s.memory_sessions
     assert (s.log_level, s.mode, s.redis_timeout_s, s.reload_poll_s, s.faiss_threads) == ("DEBUG", "online", 0.5, 0.0, 2)
+    assert (s.answer_cache_size, s.redis_max_connections) == (0, 8)
     assert s.kafka_enabled
 
 
@@ -48,6 +50,7 @@ def test_values_are_converted_and_normalised() -> None:
     ("REDIS_TIMEOUT_S", "0"), ("REDIS_TIMEOUT_S", "nan"), ("MODE", "batch"), ("LOG_LEVEL", "LOUD"),
     ("REDIS_URL", "http://cache:6379"), ("KAFKA_BOOTSTRAP_SERVERS", "broker-without-port"),
     ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
+    ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_MAX_CONNECTIONS", "0"),
 ], ids=lambda v: v or "empty")
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
