@@ -5,13 +5,15 @@ store serves ``memory://`` and stands in while Redis is unreachable, because a
 recommendation built from a partial session beats an error page. The Redis store never
 lets an outage reach a request: it switches to its embedded memory store, says so once in
 the log and in ``status``, and a single background task probes Redis with backoff until
-it answers again.
+it answers again, then writes what the outage collected (events, and clears) into Redis
+before Redis serves again, so no session event is lost to an outage.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
@@ -93,8 +95,25 @@ class MemorySessionStore:
     async def clear(self, client_id: str) -> None:
         self._sessions.pop(client_id, None)
 
-    def clear_all(self) -> None:
+    def drain(self) -> list[tuple[str, list[SessionEvent], float]]:
+        """Take every live session out, as (client id, events newest first, seconds to live); empties the store."""
+        now = self._clock()
+        taken = [(client_id, list(events), expires - now) for client_id, (events, expires) in self._sessions.items()
+                 if expires > now]
         self._sessions.clear()
+        return taken
+
+    def restore(self, client_id: str, events: list[SessionEvent], ttl_s: float) -> None:
+        """Put ``drain``-ed events (newest first) back, behind any this client appended since."""
+        now = self._clock()
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[1] <= now:
+            self._sessions[client_id] = (deque(events[:self.max_len], maxlen=self.max_len), now + ttl_s)
+        else:
+            kept = entry[0]
+            kept.extend(events[:self.max_len - len(kept)])  # the older end; a full deque takes none
+        while len(self._sessions) > self.max_clients:
+            self._sessions.popitem(last=False)
 
     def append_now(self, client_id: str, event: SessionEvent) -> None:
         """Synchronous append: nothing here awaits, so the store needs no lock."""
@@ -143,6 +162,7 @@ class RedisSessionStore:
         self._down_since = 0.0
         self._reconnect: asyncio.Task[None] | None = None
         self._closed = False
+        self._cleared: set[str] = set()  # clients whose session was cleared during an outage
 
     @property
     def status(self) -> str:
@@ -194,6 +214,11 @@ class RedisSessionStore:
                 await self.client.delete(self.key(client_id))
             except REDIS_DOWN as exc:
                 self._mark_down(exc)
+        if self._degraded:  # Redis still holds the old session: delete it there on recovery
+            if len(self._cleared) < self.fallback.max_clients:
+                self._cleared.add(client_id)
+            else:
+                log.warning("too many sessions cleared during the redis outage; %s's will reappear", client_id)
         await self.fallback.clear(client_id)  # also forget what an outage may have collected
 
     def _decode_all(self, client_id: str, raw: list[bytes]) -> list[SessionEvent]:
@@ -226,14 +251,55 @@ class RedisSessionStore:
                 log.debug("redis still unreachable (%s); next probe in %.1fs", exc, delay)
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
-            # Redis is the source of truth again; what the outage collected in memory is dropped
-            # so that a later outage does not resurrect stale sessions.
-            self.fallback.clear_all()
+            try:
+                replayed = await self._replay()
+            except REDIS_DOWN as exc:
+                log.debug("redis failed while taking back the outage's sessions (%s); next probe in %.1fs", exc, delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            # Nothing awaited since the last drain came back empty: every event is in Redis now,
+            # and the memory store is empty, so a later outage cannot resurrect stale sessions.
             self._degraded = False
             self._reconnect = None
-            log.warning("redis reachable again after %.1fs; sessions back in redis",
-                        time.monotonic() - self._down_since)
+            log.warning("redis reachable again after %.1fs; sessions back in redis (%d listeners' outage events "
+                        "written to it)", time.monotonic() - self._down_since, replayed)
             return
+
+    async def _replay(self, batch: int = 500) -> int:
+        """Write the outage's clears and events into Redis, until the memory store stays empty.
+
+        Requests keep appending to memory meanwhile (the store is still degraded), so it drains
+        again after each pass. Each listener's outage events go on top of what Redis held from
+        before the outage, oldest first, with the time to live they had left. On a failure, what
+        was not written goes back to memory for the next attempt (a pipeline cut off midway may
+        then write a few events twice; seeds take each track once, so an answer hardly changes).
+        Returns the number of listeners whose events were written.
+        """
+        written = 0
+        while True:
+            cleared, self._cleared = self._cleared, set()
+            sessions = self.fallback.drain()
+            if not cleared and not sessions:
+                return written
+            done = 0
+            try:
+                if cleared:
+                    await self.client.delete(*(self.key(c) for c in cleared))
+                    cleared = set()
+                for start in range(0, len(sessions), batch):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for client_id, events, ttl_s in sessions[start:start + batch]:
+                            key = self.key(client_id)
+                            pipe.lpush(key, *(_encode(e) for e in reversed(events)))
+                            pipe.ltrim(key, 0, self.max_len - 1).expire(key, max(1, math.ceil(ttl_s)))
+                        await pipe.execute()
+                    done = min(start + batch, len(sessions))
+            except REDIS_DOWN:
+                self._cleared |= cleared
+                for client_id, events, ttl_s in sessions[done:]:
+                    self.fallback.restore(client_id, events, ttl_s)
+                raise
+            written += len(sessions)
 
 
 def redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Redis:

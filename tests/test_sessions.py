@@ -224,7 +224,9 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
             proxy.forwarding = True
             assert await wait_for(lambda: store.status == "ok", 5.0)
             await store.append("fay", ev(100))
-            assert await store.recent("fay") == [ev(100)]  # served by Redis again
+            # Served by Redis again, with the outage's events written into it, and none left in memory.
+            assert await store.recent("fay") == [ev(100), ev(49), ev(48), ev(47), ev(46)]
+            assert len(store.fallback) == 0
             assert any("reachable again" in r.getMessage() for r in caplog.records)
         finally:
             await store.close()
@@ -249,3 +251,73 @@ async def test_more_concurrent_calls_than_connections_wait_for_one_instead_of_fa
     finally:
         await store.close()
         await client.aclose()
+
+
+async def test_recovery_writes_the_outage_events_and_clears_into_redis(redis_store: RedisSessionStore) -> None:
+    """What listeners did while Redis was away reaches Redis when it is back: nothing is lost.
+
+    An outage is declared by hand (the proxy test above covers detecting a real one); the
+    probe then finds the real Redis answering and takes back what memory collected.
+    """
+    store = redis_store
+    store.backoff_initial_s = 0.2
+    for i in range(3):
+        await store.append("gus", ev(i))           # before the outage: in Redis
+    await store.append("hal", ev(0))
+    store._mark_down(ConnectionError("test outage"))
+    assert store.status == "degraded"
+    await store.append("gus", ev(3, "like"))        # during it: in memory only
+    await store.append("gus", ev(4, "skip"))
+    await store.append("ivy", ev(7))
+    await store.clear("hal")                        # a clear during the outage must reach Redis too
+    await store.append("hal", ev(9))
+    assert await store.recent("gus") == [ev(4, "skip"), ev(3, "like")]  # partial, from memory
+    assert await wait_for(lambda: store.status == "ok", 5.0)
+    assert await store.recent("gus") == [ev(4, "skip"), ev(3, "like"), ev(2), ev(1), ev(0)]
+    assert await store.recent("ivy") == [ev(7)]
+    assert await store.recent("hal") == [ev(9)]
+    ttl = await store.client.ttl(store.key("ivy"))
+    assert 0 < ttl <= TTL_S
+    assert len(store.fallback) == 0
+
+
+async def test_a_failed_recovery_keeps_the_outage_events_for_the_next_attempt(
+        redis_store: RedisSessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    store = redis_store
+    store.backoff_initial_s = store.backoff_max_s = 0.1
+    real_pipeline, failures = store.client.pipeline, [1]
+
+    def flaky_pipeline(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if failures:
+            failures.pop()
+            raise RedisConnectionError("dropped during recovery")
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "pipeline", flaky_pipeline)
+    store._mark_down(ConnectionError("test outage"))
+    await store.append("jo", ev(1))
+    await store.append("jo", ev(2))
+    assert await wait_for(lambda: store.status == "ok", 5.0)
+    assert not failures, "the first recovery attempt should have failed"
+    assert await store.recent("jo") == [ev(2), ev(1)]
+
+
+def test_memory_drain_and_restore_keep_order_ttl_and_length() -> None:
+    now = [100.0]
+    mem = MemorySessionStore(3, 60, clock=lambda: now[0])
+    for i in range(4):
+        mem.append_now("kim", ev(i))
+    mem.append_now("old", ev(9))
+    now[0] += 30
+    mem.append_now("lee", ev(5))
+    now[0] += 40  # "old" and "kim" expired; "lee" has 20 s left
+    assert [(c, e, ttl) for c, e, ttl in mem.drain()] == [("lee", [ev(5)], 20.0)]
+    assert len(mem) == 0
+    mem.append_now("lee", ev(6))                     # newer than what was drained
+    mem.restore("lee", [ev(5), ev(4), ev(3)], 20.0)  # older ones go behind, up to the cap
+    assert mem.recent_now("lee") == [ev(6), ev(5), ev(4)]
+    mem.restore("may", [ev(1)], 10.0)
+    now[0] += 11
+    assert mem.recent_now("may") == []
