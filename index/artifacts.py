@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ INDEX = "index.faiss"
 TRACKS = "tracks.parquet"
 CURRENT = "current"
 NEIGHBOURS = "neighbours.npy"
+TRACK_LOOKUPS = "track_lookups.npz"  # the track table's derived lookups (TrackTable.lookup_arrays)
 DATA_FILES = (MODEL, SCALER, EMBEDDINGS, INDEX, TRACKS)
-OPTIONAL_FILES = (NEIGHBOURS,)  # checked like the others when the manifest lists them
+OPTIONAL_FILES = (NEIGHBOURS, TRACK_LOOKUPS)  # checked like the others when the manifest lists them
 
 
 class ArtifactError(Exception):
@@ -177,11 +179,15 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
     try:
         embeddings = np.load(version_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         index = load_index(version_dir / INDEX)
-        tracks = TrackTable.from_parquet(version_dir / TRACKS, manifest.features)
+        lookups = None
+        if TRACK_LOOKUPS in listed:  # versions built before it derive the lookups at load, as before
+            with np.load(version_dir / TRACK_LOOKUPS, allow_pickle=False) as npz:
+                lookups = dict(npz)
+        tracks = TrackTable.from_parquet(version_dir / TRACKS, manifest.features, lookups)
         scaler = json.loads((version_dir / SCALER).read_text())
         neighbours = (np.load(version_dir / NEIGHBOURS, mmap_mode="r", allow_pickle=False)
                       if NEIGHBOURS in listed else None)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{version_dir}: cannot read artefacts: {exc}") from exc
     expected = (manifest.n_tracks, manifest.dim)
     if embeddings.shape != expected or embeddings.dtype != np.float32:

@@ -24,7 +24,7 @@ import torch
 from data.loader import Catalog
 from data.schema import DataError
 from index.artifacts import (
-    CURRENT, EMBEDDINGS, INDEX, MODEL, NEIGHBOURS, SCALER, TRACKS, ArtifactError, Manifest, SourceInfo,
+    CURRENT, EMBEDDINGS, INDEX, MODEL, NEIGHBOURS, SCALER, TRACK_LOOKUPS, TRACKS, ArtifactError, Manifest, SourceInfo,
     finalize_version, load_artifacts, publish, sha256_file, stage_dir,
 )
 from index.catalog import TrackTable
@@ -151,6 +151,8 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)
         np.save(staged / NEIGHBOURS, memo.fill(index, embeddings), allow_pickle=False)
         catalog.tracks.to_parquet(staged / TRACKS, index=False)
+        # The track table's lookups, derived from the file the service reads, so it loads them instead.
+        np.savez(staged / TRACK_LOOKUPS, **TrackTable.from_parquet(staged / TRACKS, catalog.features).lookup_arrays())
         report = catalog.report
         manifest = Manifest(
             model_version=model_version,

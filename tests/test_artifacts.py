@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from index.artifacts import (
-    CURRENT, EMBEDDINGS, INDEX, MANIFEST, NEIGHBOURS, TRACKS, ArtifactError, load_artifacts, read_manifest,
+    CURRENT, EMBEDDINGS, INDEX, MANIFEST, NEIGHBOURS, TRACK_LOOKUPS, TRACKS, ArtifactError, load_artifacts, read_manifest,
     resolve_version_dir,
 )
 from index.recommend import NeighbourMemo, Query, Recommender, Seed
@@ -87,6 +87,30 @@ def test_the_build_precomputes_every_tracks_neighbours(demo_artifacts: Path, tmp
     # A table that does not fit the index is not used (the memo searches instead), and says so.
     wrong = NeighbourMemo.for_index(loaded.index, len(loaded.tracks), 64, table=np.zeros((3, 5), np.int32))
     assert not wrong.filled.any()
+
+
+def test_the_build_saves_the_track_tables_lookups(demo_artifacts: Path, tmp_path: Path) -> None:
+    """The service loads the table's lookups instead of deriving them (start-up time at 1M tracks)."""
+    from index.catalog import TrackTable
+    from tests.test_catalog import assert_same_table
+
+    loaded = load_artifacts(demo_artifacts)
+    assert TRACK_LOOKUPS in loaded.manifest.checksums
+    assert_same_table(loaded.tracks, TrackTable.from_parquet(demo_artifacts / TRACKS, loaded.manifest.features))
+    # A version built before the file (no checksum for it) still loads, deriving them as before.
+    older = _copy(demo_artifacts, tmp_path / "older")
+    (older / TRACK_LOOKUPS).unlink()
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["checksums"][TRACK_LOOKUPS]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    assert_same_table(load_artifacts(older).tracks, loaded.tracks)
+    # An unreadable file is refused with the artefact error, even when checksums are not verified.
+    broken = _copy(demo_artifacts, tmp_path / "broken")
+    (broken / TRACK_LOOKUPS).write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="track_lookups.npz: checksum"):
+        load_artifacts(broken)
+    with pytest.raises(ArtifactError, match="cannot read artefacts"):
+        load_artifacts(broken, verify=False)
 
 
 def test_corrupt_or_incomplete_sets_are_refused(demo_artifacts: Path, tmp_path: Path) -> None:
