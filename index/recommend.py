@@ -178,13 +178,25 @@ class Recommender:
         return ann[ann >= 0]
 
     def popular(self, k: int, filters: Filters = Filters(), exclude: Sequence[int] = ()) -> list[Hit]:
-        """Cold start: popular tracks spread across genres, honouring filters and exclusions."""
-        order = self.tracks.popular_spread
-        keep = self._filter_mask(order, filters)
-        if len(exclude):
-            keep &= ~np.isin(order, np.asarray(exclude, dtype=np.int64))
-        order = order[keep]
-        _, first = np.unique(self.tracks.song_key[order], return_index=True)
+        """Cold start: popular tracks spread across genres, honouring filters and exclusions.
+
+        The first ``k`` songs of the cold-start order lie in a short prefix of it, so only a
+        prefix is filtered and deduplicated (growing when too few pass): the whole order took
+        8 ms per call at 114k tracks, and ~100 ms at 1M, for a session of nothing but skips.
+        """
+        spread, song_key = self.tracks.popular_spread, self.tracks.song_key
+        excluded = _unique(np.asarray(exclude, dtype=np.int64))
+        size = max(4 * k, 256)
+        while True:
+            order = spread[:size]
+            keep = self._filter_mask(order, filters)
+            if len(excluded):
+                keep &= ~_member(order.astype(np.int64), excluded)
+            order = order[keep]
+            _, first = np.unique(song_key[order], return_index=True)
+            if len(first) >= k or size >= len(spread):
+                break
+            size *= 4
         order = order[np.sort(first)][:k]
         return [Hit(int(r), float(self.tracks.popularity[r]) / 100.0, -1) for r in order]
 

@@ -195,6 +195,41 @@ def test_cold_start_spreads_popular_tracks_across_genres() -> None:
     assert hits[0].row == top
 
 
+def _repeating_catalog() -> TrackTable:
+    """600 ids for 150 songs (each listed 4 times, as releases and compilations do)."""
+    rng = np.random.default_rng(5)
+    genre = [GENRES[i % 6] for i in range(N)]
+    frame = pd.DataFrame({
+        "id": [f"r{i:04d}" for i in range(N)], "name": [f"Song {i % 150}" for i in range(N)],
+        "artists": [f"Artist {i % 30}" for i in range(N)], "artist": [f"Artist {i % 30}" for i in range(N)],
+        "album": ["A"] * N, "genre": genre, "genres": genre, "popularity": rng.integers(0, 101, N),
+        "explicit": rng.random(N) < 0.5, "danceability": rng.random(N),
+    })
+    return TrackTable.from_frame(frame, ["danceability"])
+
+
+REPEATING = _repeating_catalog()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 200),
+    genres=st.sets(st.sampled_from(GENRES), max_size=2),
+    explicit=st.sampled_from([None, True, False]),
+    popularity=st.tuples(st.integers(0, 100), st.integers(0, 100)).map(sorted),
+    exclude=st.lists(st.integers(0, N - 1), max_size=300),
+)
+def test_cold_start_equals_deduplicating_the_whole_order(k, genres, explicit, popularity, exclude) -> None:
+    """``popular`` looks only at a prefix of the cold-start order; the answer is the whole order's."""
+    filters = Filters(frozenset(genres), explicit, popularity[0], popularity[1])
+    recommender = _recommender(tracks=REPEATING)
+    order = REPEATING.popular_spread
+    order = order[recommender._filter_mask(order, filters) & ~np.isin(order, exclude)]
+    _, first = np.unique(REPEATING.song_key[order], return_index=True)
+    expected = order[np.sort(first)][:k].tolist()
+    assert [h.row for h in recommender.popular(k, filters, exclude)] == expected
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed_rows=st.lists(st.integers(0, N - 1), min_size=1, max_size=12, unique=True),
