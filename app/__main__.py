@@ -11,9 +11,9 @@ from app.settings import Settings
 def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("settings: %s", settings.masked())
+    logging.getLogger(__name__).info("settings: %s; %d worker(s)", settings.masked(), settings.worker_count)
     uvicorn.run("app.asgi:create_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, loop="uvloop", http="httptools", log_level=settings.log_level.lower(),
+                workers=settings.worker_count, loop="uvloop", http="httptools", log_level=settings.log_level.lower(),
                 access_log=False)
 
 

@@ -37,7 +37,8 @@ class Settings:
     """A version directory, or a root holding versions and a ``current`` link."""
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int | None = None
+    """uvicorn worker processes; None (``WORKERS=auto``) means ``worker_count``'s choice."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """``memory://`` keeps sessions in-process (one worker, lost on restart)."""
     kafka_bootstrap_servers: str = ""
@@ -80,6 +81,18 @@ class Settings:
     def memory_sessions(self) -> bool:
         """True when sessions are configured to live in-process (``memory://``)."""
         return self.redis_url.startswith("memory://")
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to start: ``WORKERS`` if given, else one per core this process may run on.
+
+        Why per core: each worker is one single-threaded event loop sharing nothing but Redis,
+        so throughput grows with cores (benchmarks/README.md). In-process sessions live in one
+        worker's memory, so ``memory://`` gets exactly one (``_parse`` refuses more).
+        """
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.memory_sessions else usable_cores()
 
     @property
     def kafka_enabled(self) -> bool:
@@ -162,7 +175,7 @@ def _parse(values: Mapping[str, str]) -> Settings:
         artifacts_dir=Path(p.get("ARTIFACTS_DIR", str(d.artifacts_dir), str, bool, "a non-empty path")),
         host=p.get("HOST", d.host, str, bool, "a non-empty host name or address"),
         port=p.get("PORT", d.port, int, lambda v: 1 <= v <= 65535, "an integer in 1..65535"),
-        workers=p.get("WORKERS", d.workers, int, lambda v: v >= 1, "an integer >= 1"),
+        workers=p.get("WORKERS", d.workers, _workers, lambda v: v is None or v >= 1, "'auto' or an integer >= 1"),
         redis_url=p.get("REDIS_URL", d.redis_url, str, lambda u: urlsplit(u).scheme in REDIS_SCHEMES,
                         f"a URL with scheme {'/'.join(REDIS_SCHEMES)} (e.g. redis://host:6379/0 or memory://)",
                         show=lambda raw: repr(mask_url(raw))),
@@ -189,9 +202,23 @@ def _parse(values: Mapping[str, str]) -> Settings:
         answer_cache_size=p.get("ANSWER_CACHE_SIZE", d.answer_cache_size, int, lambda v: 0 <= v <= 1_000_000,
                                 "an integer in 0..1000000 (0 = off)"),
     )
+    if settings.memory_sessions and (settings.workers or 1) > 1:
+        p.errors.append(f"WORKERS must be 1 or 'auto' with REDIS_URL=memory:// (each worker would keep its own "
+                        f"sessions), got {settings.workers}")
     if p.errors:
         raise SettingsError("invalid settings: " + "; ".join(p.errors))
     return settings
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS has one (containers, taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _workers(raw: str) -> int | None:
+    return None if raw.lower() == "auto" else int(raw)
 
 
 def _valid_bootstrap(value: str) -> bool:

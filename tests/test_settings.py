@@ -1,6 +1,7 @@
 """Settings: defaults, .env precedence, validation that names the variable, masked secrets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ def test_defaults_come_from_nothing_and_ignore_the_process_environment(monkeypat
     monkeypatch.setenv("PORT", "9999")  # an explicit mapping is the whole environment
     s = Settings.from_env({}, env_file=None)
     assert s == Settings()
-    assert (s.port, s.workers, s.session_len, s.session_ttl_s, s.event_buffer_size) == (8000, 1, 20, 3600, 10_000)
+    assert (s.port, s.workers, s.session_len, s.session_ttl_s, s.event_buffer_size) == (8000, None, 20, 3600, 10_000)
     assert s.artifacts_dir == Path("artifacts") and s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.kafka_bootstrap_servers == "" and not s.kafka_enabled and s.kafka_topic == "music-events"
     assert (s.mode, s.log_level, s.redis_timeout_s) == ("offline", "INFO", 0.25)
@@ -42,6 +43,20 @@ def test_values_are_converted_and_normalised() -> None:
     assert (s.log_level, s.mode, s.redis_timeout_s, s.reload_poll_s, s.faiss_threads) == ("DEBUG", "online", 0.5, 0.0, 2)
     assert (s.answer_cache_size, s.redis_max_connections) == (0, 8)
     assert s.kafka_enabled
+
+
+def test_workers_default_to_one_per_usable_core_and_to_one_for_in_process_sessions() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings.from_env({}, env_file=None).worker_count == cores
+    assert Settings.from_env({"WORKERS": "auto"}, env_file=None).worker_count == cores
+    assert Settings.from_env({"WORKERS": "3"}, env_file=None).worker_count == 3
+    assert Settings.from_env({"REDIS_URL": "memory://"}, env_file=None).worker_count == 1
+    assert Settings.from_env({"REDIS_URL": "memory://", "WORKERS": "1"}, env_file=None).worker_count == 1
+
+
+def test_in_process_sessions_refuse_more_than_one_worker() -> None:
+    with pytest.raises(SettingsError, match="WORKERS must be 1 or 'auto' with REDIS_URL=memory://"):
+        Settings.from_env({"REDIS_URL": "memory://", "WORKERS": "2"}, env_file=None)
 
 
 @pytest.mark.parametrize(("name", "value"), [
