@@ -154,11 +154,13 @@ class SwitchableProxy:
     """A TCP front for the real Redis that refuses (accept + close) until switched to forwarding.
 
     It counts connections, which shows that a degraded store leaves Redis alone between probes.
+    While ``stalled`` it holds Redis's replies back, and delivers them late when released.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.forwarding = False
+        self.stalled = False
         self.connections = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -182,9 +184,11 @@ class SwitchableProxy:
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    while replies and self.stalled:
+                        await asyncio.sleep(0.01)
                     dst.write(data)
                     await dst.drain()
             except ConnectionError:
@@ -192,7 +196,7 @@ class SwitchableProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -228,6 +232,39 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
             assert await store.recent("fay") == [ev(100), ev(49), ev(48), ev(47), ev(46)]
             assert len(store.fallback) == 0
             assert any("reachable again" in r.getMessage() for r in caplog.records)
+        finally:
+            await store.close()
+            await client.aclose()
+
+
+async def test_a_stalled_redis_counts_as_down_within_the_timeout_and_its_late_replies_reach_no_one(
+        redis_url: str, redis_prefix: str) -> None:
+    """The client's timeouts (``redis_client``) must catch a Redis that takes commands but does not
+    answer, and a reply that arrives after its call gave up must not be read as the answer to a
+    later call on the same connection."""
+    target = aioredis.from_url(redis_url)
+    port = target.connection_pool.connection_kwargs.get("port", 6379)
+    await target.aclose()
+    async with SwitchableProxy(port) as proxy:
+        proxy.forwarding = True
+        client = redis_client(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
+        store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix,
+                                  backoff_initial_s=0.3, backoff_max_s=0.3)
+        try:
+            await store.start()
+            await store.append("kim", ev(1))
+            proxy.stalled = True
+            started = time.monotonic()
+            assert await asyncio.wait_for(store.recent("kim"), 2.0) == []  # no answer in time: memory, empty
+            assert time.monotonic() - started < 1.0 and store.status == "degraded"
+            await store.append("kim", ev(2))
+            await asyncio.sleep(0.5)  # a probe or two time out as well
+            proxy.stalled = False     # every held reply is delivered now, late
+            assert await wait_for(lambda: store.status == "ok", 5.0)
+            assert await store.recent("kim") == [ev(2), ev(1)]
+            assert await store.recent("lee") == []
+            await store.append("lee", ev(3))
+            assert await store.recent("lee") == [ev(3)] and await store.recent("kim") == [ev(2), ev(1)]
         finally:
             await store.close()
             await client.aclose()
