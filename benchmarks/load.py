@@ -39,6 +39,8 @@ from typing import Iterator
 
 import numpy as np
 
+from app.settings import usable_cores
+
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
 SHARED_CSV = REPO.parent / "shared" / "data" / "spotify_tracks_114k.csv.gz"
@@ -502,7 +504,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int,
                    help="Locust processes (-1 = one per core); default 1, and one per core with --ceiling: one "
                         "gevent process offering 3,000/s adds its own queueing (p99 52 ms against a null service)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="service workers (the core count)")
+    p.add_argument("--workers", type=int, default=usable_cores(),
+                   help="service workers (default: one per usable core, as the service's WORKERS=auto)")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--ceiling", help="comma-separated offered rates to step through (e.g. 1000,2000,3000)")
