@@ -25,7 +25,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 import msgspec
 import pyarrow.parquet as pq
@@ -39,9 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = ("cached-get", "uncached-get", "event", "playlist")
 SESSION_VIEWS = 20
 PLAYLIST_SEEDS = 10
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 
 class InProcess:
     """An ASGI app driven directly: its lifespan started and stopped, requests called one by one."""
@@ -102,6 +99,7 @@ async def _measure(settings: Settings, ids: list[str], kinds: list[str], request
                 {"type": "track_view", "track_id": track_id}), headers=listener), 202)
         like = msgspec.json.encode({"type": "like", "track_id": played[0]})
         playlist = msgspec.json.encode({"track_ids": played[:PLAYLIST_SEEDS], "k": 20})
+
         def ask() -> Awaitable[int]:  # cached or not is the settings' ANSWER_CACHE_SIZE
             return app.call("GET", "/api/songs_recommendations", query=b"k=20", headers=listener[:1])
 
