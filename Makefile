@@ -19,11 +19,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 build: install
-	$(PY) -m indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
+	$(PY) -m musicrec.indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
 
 run: install
 	@test -e $(ARTIFACTS_DIR)/current || $(MAKE) --no-print-directory build
-	$(PY) -m app
+	$(PY) -m musicrec.service
 
 test: install
 	$(PY) -m pytest
@@ -32,7 +32,7 @@ test: install
 # $(BENCH_ARTIFACTS); Redis, the service and Locust are started and stopped by benchmarks/load.py.
 BENCH_ARTIFACTS ?= artifacts/bench/114k
 bench: install
-	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(PY) -m indexer build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
+	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(PY) -m musicrec.indexer build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
 	$(PY) -m benchmarks.load --artifacts $(BENCH_ARTIFACTS)
 
 # The near-line → offline loop (README: "Retraining from listening events"): drain the Kafka topic
@@ -41,8 +41,8 @@ bench: install
 EVENTS_DIR ?= events
 IDLE_S ?= 10
 rebuild: install
-	$(PY) -m indexer consume --out $(EVENTS_DIR) --until-idle $(IDLE_S)
-	$(PY) -m indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV)) --events $(EVENTS_DIR)
+	$(PY) -m musicrec.indexer consume --out $(EVENTS_DIR) --until-idle $(IDLE_S)
+	$(PY) -m musicrec.indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV)) --events $(EVENTS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,7 +2,7 @@
 
 For each catalog (an artefact version: its embeddings and track table) and each candidate
 source — exact numpy/BLAS, exact FAISS flat, HNSW at a few efSearch, IVF at a few nprobe and a
-precomputed top-N neighbour table — the *real* scorer (``index.recommend.Recommender``) runs
+precomputed top-N neighbour table — the *real* scorer (``musicrec.index.recommend.Recommender``) runs
 with that source, so the latency is what a request pays for scoring, not only for the search.
 
 Columns: build time; memory of the source's own structure (every source also needs the
@@ -44,10 +44,10 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from index.artifacts import EMBEDDINGS, TRACKS, read_manifest, resolve_version_dir  # noqa: E402
-from index.catalog import TrackTable  # noqa: E402
-from index.faiss_index import build_index, configure, factory_string  # noqa: E402
-from index.recommend import NeighbourMemo, Query, Recommender, ScoringParams, Seed  # noqa: E402
+from musicrec.index.artifacts import EMBEDDINGS, TRACKS, read_manifest, resolve_version_dir  # noqa: E402
+from musicrec.index.catalog import TrackTable  # noqa: E402
+from musicrec.index.faiss_index import build_index, configure, factory_string  # noqa: E402
+from musicrec.index.recommend import NeighbourMemo, Query, Recommender, ScoringParams, Seed  # noqa: E402
 
 K = 20
 SEEDS = 20

@@ -2,7 +2,7 @@
 
 Steps: build the artefacts if missing (the 114k file, or a synthetic catalog with --demo N);
 use the Redis on --redis-url, or start a private one when none answers; start the service
-(`python -m app`, WORKERS from the core count) on a free port and wait for /readyz; run Locust
+(`python -m musicrec.service`, WORKERS from the core count) on a free port and wait for /readyz; run Locust
 headless (benchmarks/locustfile.py, FastHttpUser, constant_throughput) at --rate requests/s for
 --warmup + --duration seconds; read its CSV statistics and the exact per-request latencies the
 locustfile keeps after the warm-up; print one summary table; stop everything it started.
@@ -39,7 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
-from app.settings import usable_cores
+from musicrec.service.settings import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
@@ -147,13 +147,13 @@ def http_json(url: str, timeout: float = 2.0) -> dict:
 
 # -- set-up -------------------------------------------------------------------------------------
 def ensure_artifacts(args: argparse.Namespace) -> Path:
-    from index.artifacts import ArtifactError, resolve_version_dir
+    from musicrec.index.artifacts import ArtifactError, resolve_version_dir
 
     try:
         return resolve_version_dir(args.artifacts)
     except ArtifactError:
         pass
-    cmd = [sys.executable, "-m", "indexer", "build", "--out", str(args.artifacts), "--quiet"]
+    cmd = [sys.executable, "-m", "musicrec.indexer", "build", "--out", str(args.artifacts), "--quiet"]
     if args.demo:
         cmd += ["--demo", str(args.demo)]
     else:
@@ -256,7 +256,7 @@ def service(version_dir: Path, redis_url: str, workers: int, workdir: Path, time
     env = dict(os.environ, ARTIFACTS_DIR=str(version_dir), HOST="127.0.0.1", PORT=str(port), WORKERS=str(workers),
                REDIS_URL=redis_url, KAFKA_BOOTSTRAP_SERVERS="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "app"]
+    cmd = [sys.executable, "-m", "musicrec.service"]
     if null:
         cmd = [sys.executable, "-m", "uvicorn", "benchmarks.load:null_app", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             ids_file = workdir / "track_ids.txt"
             import pyarrow.parquet as pq
 
-            from index.artifacts import TRACKS
+            from musicrec.index.artifacts import TRACKS
             ids_file.write_text("\n".join(pq.read_table(version_dir / TRACKS, columns=["id"]).column(0).to_pylist()))
             redis_url = stack.enter_context(redis_server(args.redis_url, workdir))
             svc = stack.enter_context(service(version_dir, redis_url, args.workers, workdir, args.ready_timeout,

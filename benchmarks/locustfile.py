@@ -49,7 +49,7 @@ def _track_ids() -> list[str]:
         return [line for line in Path(listed).read_text().splitlines() if line]
     import pyarrow.parquet as pq  # only when no id list was prepared
 
-    from index.artifacts import TRACKS, resolve_version_dir
+    from musicrec.index.artifacts import TRACKS, resolve_version_dir
     return pq.read_table(resolve_version_dir(os.environ["BENCH_ARTIFACTS"]) / TRACKS, columns=["id"]).column(0).to_pylist()
 
 

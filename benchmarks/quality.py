@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.artifacts import load_artifacts
-from index.catalog import TrackTable
-from index.recommend import Query, Recommender, ScoringParams, Seed
+from musicrec.index.artifacts import load_artifacts
+from musicrec.index.catalog import TrackTable
+from musicrec.index.recommend import Query, Recommender, ScoringParams, Seed
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
 

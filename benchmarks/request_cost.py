@@ -31,9 +31,9 @@ import msgspec
 import pyarrow.parquet as pq
 import uvloop
 
-from app.main import create_app
-from app.settings import Settings
-from index.artifacts import TRACKS, resolve_version_dir
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
+from musicrec.index.artifacts import TRACKS, resolve_version_dir
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("cached-get", "uncached-get", "event", "playlist")

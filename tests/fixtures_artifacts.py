@@ -19,7 +19,7 @@ def require_real_csv() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_catalog_small():
-    from data.demo import demo_catalog
+    from musicrec.data.demo import demo_catalog
 
     return demo_catalog(1500, seed=11)
 
@@ -27,7 +27,7 @@ def demo_catalog_small():
 @pytest.fixture(scope="session")
 def demo_artifacts(tmp_path_factory: pytest.TempPathFactory, demo_catalog_small) -> Path:
     """A small demo version (few epochs): fast enough to share across the whole session."""
-    from indexer.pipeline import BuildOptions, build_version
+    from musicrec.indexer.pipeline import BuildOptions, build_version
 
     out = tmp_path_factory.mktemp("demo-artifacts") / "v1"
     build_version(demo_catalog_small, BuildOptions(epochs=4, seed=3, progress=False, eval_sample=300), out=out)
@@ -37,8 +37,8 @@ def demo_artifacts(tmp_path_factory: pytest.TempPathFactory, demo_catalog_small)
 @pytest.fixture(scope="session")
 def real_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The full 114k build (the one integration test that trains on real data), shared."""
-    from data.loader import load_csv
-    from indexer.pipeline import BuildOptions, build_version
+    from musicrec.data.loader import load_csv
+    from musicrec.indexer.pipeline import BuildOptions, build_version
 
     csv = require_real_csv()
     root = tmp_path_factory.mktemp("real-artifacts")

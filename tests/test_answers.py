@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.answers import AnswerCache
-from app.main import create_app
+from musicrec.service.answers import AnswerCache
+from musicrec.service.main import create_app
 from tests.test_api import catalog, settings_for, view  # noqa: F401 (catalog is a fixture)
 
 

@@ -9,9 +9,9 @@ from typing import AsyncIterator
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.main import create_app
-from app.settings import Settings
-from index.artifacts import load_artifacts
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
+from musicrec.index.artifacts import load_artifacts
 
 pytestmark = pytest.mark.anyio
 
@@ -241,7 +241,7 @@ async def test_kafka_down_still_accepts_events(demo_artifacts: Path, catalog, cl
 async def test_events_reach_kafka_n_in_n_out(demo_artifacts: Path, catalog, kafka_bootstrap: str) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    from data.events import decode_event
+    from musicrec.data.events import decode_event
 
     topic = f"api-events-{uuid.uuid4().hex[:8]}"
     settings = settings_for(demo_artifacts, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_TOPIC=topic)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.artifacts import (
+from musicrec.index.artifacts import (
     CURRENT, EMBEDDINGS, INDEX, MANIFEST, NEIGHBOURS, TRACK_LOOKUPS, TRACKS, ArtifactError, load_artifacts, read_manifest,
     resolve_version_dir,
 )
-from index.recommend import NeighbourMemo, Query, Recommender, Seed
-from index.faiss_index import build_index, exact_search
-from indexer.pipeline import BuildOptions, build_version
+from musicrec.index.recommend import NeighbourMemo, Query, Recommender, Seed
+from musicrec.index.faiss_index import build_index, exact_search
+from musicrec.indexer.pipeline import BuildOptions, build_version
 
 FAST = BuildOptions(epochs=2, seed=1, progress=False, eval_sample=200)
 
@@ -47,7 +47,7 @@ def test_round_trip_gives_the_same_neighbours(demo_artifacts: Path) -> None:
 
 
 def test_loading_imports_no_torch(demo_artifacts: Path) -> None:
-    code = ("import sys; from index.artifacts import load_artifacts; "
+    code = ("import sys; from musicrec.index.artifacts import load_artifacts; "
             f"load_artifacts({str(demo_artifacts)!r}); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -91,7 +91,7 @@ def test_the_build_precomputes_every_tracks_neighbours(demo_artifacts: Path, tmp
 
 def test_the_build_saves_the_track_tables_lookups(demo_artifacts: Path, tmp_path: Path) -> None:
     """The service loads the table's lookups instead of deriving them (start-up time at 1M tracks)."""
-    from index.catalog import TrackTable
+    from musicrec.index.catalog import TrackTable
     from tests.test_catalog import assert_same_table
 
     loaded = load_artifacts(demo_artifacts)
@@ -180,7 +180,7 @@ def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
 
 
 def test_nan_embeddings_are_refused_even_with_matching_checksums(demo_artifacts: Path, tmp_path: Path) -> None:
-    from index.artifacts import finalize_version
+    from musicrec.index.artifacts import finalize_version
 
     staged = _copy(demo_artifacts, tmp_path / "staged")
     emb = np.load(staged / EMBEDDINGS)

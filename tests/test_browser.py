@@ -18,8 +18,8 @@ from typing import Iterator
 
 import pytest
 
-from app.main import create_app
-from app.settings import Settings
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

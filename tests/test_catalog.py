@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.catalog import TrackTable
+from musicrec.index.catalog import TrackTable
 
 FEATURES = ["danceability"]
 # Strings that exercise the table's string work: its separators, casefold, strip and empties.

@@ -27,10 +27,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from data.events import EVENT_TYPES, Event, encode_event
-from indexer.cli import main
-from indexer.consume import DEAD_LETTER_NAME, ConsumeOptions, ConsumeResult, EventBatcher, consume
-from indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
+from musicrec.data.events import EVENT_TYPES, Event, encode_event
+from musicrec.indexer.cli import main
+from musicrec.indexer.consume import DEAD_LETTER_NAME, ConsumeOptions, ConsumeResult, EventBatcher, consume
+from musicrec.indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
@@ -126,7 +126,7 @@ def test_a_failed_write_commits_nothing_and_the_retry_commits_everything(tmp_pat
             raise OSError("disk full")
         return write_events(path, batch)
 
-    monkeypatch.setattr("indexer.consume.write_events", full_once)
+    monkeypatch.setattr("musicrec.indexer.consume.write_events", full_once)
     consumer = RecordingConsumer()
     batcher = EventBatcher(consumer, ConsumeOptions(out=tmp_path, bootstrap_servers="unused"))  # type: ignore[arg-type]
     events = [make_event(i) for i in range(4)]
@@ -262,7 +262,7 @@ def test_sigterm_flushes_commits_and_exits_0(kafka_bootstrap: str, tmp_path: Pat
     sent = [make_event(i) for i in range(50)]
     asyncio.run(produce(kafka_bootstrap, topic, [(e.client_id, encode_event(e)) for e in sent], partitions=2))
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic}
-    proc = subprocess.Popen([sys.executable, "-m", "indexer", "consume", "--out", str(tmp_path), "--group", group,
+    proc = subprocess.Popen([sys.executable, "-m", "musicrec.indexer", "consume", "--out", str(tmp_path), "--group", group,
                              "--max-age-s", "600", "--progress-s", "0.3"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()

@@ -17,16 +17,16 @@ from benchmarks.simulate import (
     ListenerConfig, SimulationConfig, assign_scenes, events_frame, post_through_service, record_events, run,
     simulate_events,
 )
-from index.artifacts import CURRENT, MANIFEST, read_manifest
-from index.catalog import TrackTable
-from indexer.cli import main
-from indexer.cotrain import (
+from musicrec.index.artifacts import CURRENT, MANIFEST, read_manifest
+from musicrec.index.catalog import TrackTable
+from musicrec.indexer.cli import main
+from musicrec.indexer.cotrain import (
     CotrainConfig, Pairs, Session, cotrain, fine_tune, pairs_from_sessions, session_pairs, sessions_from_events,
     split_by_client,
 )
-from indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
-from indexer.pipeline import BuildOptions, VersionCheckError, build_version, train_and_embed
-from indexer.errors import ModelFitError
+from musicrec.indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
+from musicrec.indexer.pipeline import BuildOptions, VersionCheckError, build_version, train_and_embed
+from musicrec.indexer.errors import ModelFitError
 
 ROW_OF = {t: i for i, t in enumerate("ABCDEF")}
 FAST = BuildOptions(epochs=2, seed=3, progress=False, eval_sample=100, threads=1)
@@ -83,7 +83,7 @@ def test_client_split_is_seeded_and_never_splits_a_client() -> None:
 @pytest.fixture(scope="module")
 def small_world():
     """A 500-track demo catalog, its content model and hidden scenes (shared: training takes a second)."""
-    from data.demo import demo_catalog
+    from musicrec.data.demo import demo_catalog
 
     catalog = demo_catalog(500, seed=5)
     _, scaled, trained, embeddings = train_and_embed(catalog, FAST)
@@ -133,14 +133,14 @@ def test_a_nan_loss_is_a_model_fit_error(small_world) -> None:
 
 def _broken_index(embeddings: np.ndarray, index_type: str = "flat", *, seed: int = 0):
     """An index over other vectors: it loads fine, but finds the wrong neighbours."""
-    from index.faiss_index import build_index
+    from musicrec.index.faiss_index import build_index
 
     shuffled = np.random.default_rng(seed).permutation(np.asarray(embeddings))
     return build_index(shuffled, index_type, seed=seed)
 
 
 def _nan_embed(model, scaled):
-    from models.autoencoder import embed
+    from musicrec.models.autoencoder import embed
 
     out = embed(model, scaled)
     out[0] = np.nan
@@ -157,7 +157,7 @@ def test_a_broken_root_build_is_not_published(small_world, tmp_path: Path, monke
     good = build_version(catalog, FAST, root=tmp_path)
     before = os.readlink(tmp_path / CURRENT)
     assert before == good.path.name
-    monkeypatch.setattr(f"indexer.pipeline.{target}", fake)
+    monkeypatch.setattr(f"musicrec.indexer.pipeline.{target}", fake)
     with pytest.raises(VersionCheckError, match=expect) as info:
         build_version(catalog, replace(FAST, seed=4), root=tmp_path)  # another seed: another version name
     assert f"current still points at {before}" in str(info.value)
@@ -172,7 +172,7 @@ def test_a_broken_root_build_is_not_published(small_world, tmp_path: Path, monke
 # -- events through the build, the service and the simulator ------------------------------------
 
 def test_cli_build_with_events_records_and_prints_before_and_after(tmp_path: Path, capsys) -> None:
-    from data.demo import demo_catalog
+    from musicrec.data.demo import demo_catalog
 
     catalog = demo_catalog(400)  # the catalog `--demo 400` builds, so the events' track ids are known
     world = assign_scenes(catalog, 10, seed=4)

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.demo import GENRES, demo_catalog, generate_demo_frame, main, write_csv
-from data.loader import catalog_from_frame, load_csv
-from data.schema import FEATURES
+from musicrec.data.demo import GENRES, demo_catalog, generate_demo_frame, main, write_csv
+from musicrec.data.loader import catalog_from_frame, load_csv
+from musicrec.data.schema import FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_COLUMNS = ["track_id", "artists", "album_name", "track_name", "popularity", "duration_ms", "explicit",
@@ -136,7 +136,7 @@ def test_cli_writes_loadable_gzip(tmp_path: Path) -> None:
 def test_module_entry_point(tmp_path: Path) -> None:
     out = tmp_path / "m.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "data.demo", "--n", "50", "--seed", "1", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "musicrec.data.demo", "--n", "50", "--seed", "1", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "RuntimeWarning" not in done.stderr

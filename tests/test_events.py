@@ -14,9 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.events import EventSink, open_event_sink
-from app.settings import Settings
-from data.events import EVENT_TYPES, TYPE_ALIASES, Event, decode_event, encode_event
+from musicrec.service.events import EventSink, open_event_sink
+from musicrec.service.settings import Settings
+from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event, decode_event, encode_event
 from tests.conftest import free_port, run_tansu
 
 CLIENTS = [f"client-{i}" for i in range(7)]
@@ -90,7 +90,7 @@ def test_aliases_map_to_canonical_types_and_constructing_an_unknown_type_fails()
 
 @pytest.mark.anyio
 async def test_disabled_sink_keeps_a_bounded_buffer_dropping_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="app.events")
+    caplog.set_level(logging.INFO, logger="musicrec.service.events")
     settings = Settings.from_env({"EVENT_BUFFER_SIZE": "3"}, env_file=None)
     async with open_event_sink(settings) as sink:
         assert sink.status == "disabled"
@@ -104,7 +104,7 @@ async def test_disabled_sink_keeps_a_bounded_buffer_dropping_the_oldest(caplog: 
 
 @pytest.mark.anyio
 async def test_kafka_down_never_raises_and_buffers(closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="app.events")
+    caplog.set_level(logging.WARNING, logger="musicrec.service.events")
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"}, env_file=None)
     started = time.perf_counter()
     async with open_event_sink(settings) as sink:

@@ -1,4 +1,4 @@
-"""`python -m indexer`: bad input exits 2 with one line; builds from each schema; eval prints figures."""
+"""`python -m musicrec.indexer`: bad input exits 2 with one line; builds from each schema; eval prints figures."""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from index.artifacts import MANIFEST
-from indexer.cli import main
+from musicrec.index.artifacts import MANIFEST
+from musicrec.indexer.cli import main
 from tests.fixtures_artifacts import REPO, require_real_csv
 
 HEADER = "track_id,artists,album_name,track_name,popularity,explicit,danceability,energy,valence,tempo,track_genre\n"
@@ -52,7 +52,7 @@ def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_is_a_real_module_entry_point(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "indexer", "build", "--csv", str(tmp_path / "x.csv"), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "musicrec.indexer", "build", "--csv", str(tmp_path / "x.csv"), "--quiet"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "x.csv" in proc.stderr
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.demo import generate_demo_frame, write_csv
-from data.loader import Catalog, catalog_from_frame, load_csv
-from data.schema import FEATURES, MIN_FEATURES, DataError, impute_features
+from musicrec.data.demo import generate_demo_frame, write_csv
+from musicrec.data.loader import Catalog, catalog_from_frame, load_csv
+from musicrec.data.schema import FEATURES, MIN_FEATURES, DataError, impute_features
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUSICREC_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -15,13 +15,13 @@ import anyio
 import httpx
 import pytest
 
-from app.main import create_app
-from app.settings import Settings
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
 from benchmarks.simulate import ListenerConfig, assign_scenes, simulate_events
-from index.artifacts import read_manifest, resolve_version_dir
-from indexer.consume import ConsumeOptions, consume
-from indexer.event_dataset import read_events
-from indexer.pipeline import BuildOptions, build_version
+from musicrec.index.artifacts import read_manifest, resolve_version_dir
+from musicrec.indexer.consume import ConsumeOptions, consume
+from musicrec.indexer.event_dataset import read_events
+from musicrec.indexer.pipeline import BuildOptions, build_version
 
 pytestmark = pytest.mark.anyio
 FAST = BuildOptions(epochs=2, seed=5, progress=False, eval_sample=100, threads=1)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from indexer.errors import ModelFitError
-from indexer.train import TrainConfig, train_autoencoder
-from models.autoencoder import AutoEncoder, embed, l2_normalise
-from models.scaler import StandardScaler
+from musicrec.indexer.errors import ModelFitError
+from musicrec.indexer.train import TrainConfig, train_autoencoder
+from musicrec.models.autoencoder import AutoEncoder, embed, l2_normalise
+from musicrec.models.scaler import StandardScaler
 
 
 def _linear_shapes(model: nn.Module) -> list[tuple[int, int]]:

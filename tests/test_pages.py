@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.charts import FeatureScale, display_value, feature_chart, feature_rows, scale_for
-from app.engine import Engine
-from app.main import create_app
-from app.settings import Settings
-from index.artifacts import load_artifacts
+from musicrec.web.charts import FeatureScale, display_value, feature_chart, feature_rows, scale_for
+from musicrec.index.engine import Engine
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
+from musicrec.index.artifacts import load_artifacts
 
 pytestmark = pytest.mark.anyio
 NASTY = "<script>alert(1)</script>"
@@ -41,9 +41,9 @@ def catalog(demo_artifacts: Path):
 @pytest.fixture(scope="module")
 def nasty_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real-looking (not demo) catalog whose first track's text is all markup."""
-    from data.demo import generate_demo_frame
-    from data.loader import catalog_from_frame
-    from indexer.pipeline import BuildOptions, build_version
+    from musicrec.data.demo import generate_demo_frame
+    from musicrec.data.loader import catalog_from_frame
+    from musicrec.indexer.pipeline import BuildOptions, build_version
 
     frame = generate_demo_frame(400, seed=5)
     frame.loc[0, ["track_name", "artists", "album_name", "track_genre"]] = [NASTY, NASTY_ARTIST, "<i>album</i>", "<u>genre</u>"]

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.catalog import TrackTable
-from index.faiss_index import build_index
-from index.recommend import Filters, Query, Recommender, ScoringParams, Seed, seeds_from_events
+from musicrec.index.catalog import TrackTable
+from musicrec.index.faiss_index import build_index
+from musicrec.index.recommend import Filters, Query, Recommender, ScoringParams, Seed, seeds_from_events
 
 N, DIM = 600, 32
 GENRES = ["pop", "rock", "jazz", "folk", "metal", "rare"]

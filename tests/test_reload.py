@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.main import create_app
-from app.settings import Settings
-from index.artifacts import EMBEDDINGS, publish
-from indexer.pipeline import BuildOptions, build_version
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
+from musicrec.index.artifacts import EMBEDDINGS, publish
+from musicrec.indexer.pipeline import BuildOptions, build_version
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from app.sessions import (MemorySessionStore, RedisSessionStore, SessionEvent, SessionStore, open_session_store,
+from musicrec.service.sessions import (MemorySessionStore, RedisSessionStore, SessionEvent, SessionStore, open_session_store,
                           redis_client)
-from app.settings import Settings
+from musicrec.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
 MAX_LEN = 5
@@ -137,7 +137,7 @@ async def test_memory_url_gives_the_memory_store(redis_url: str) -> None:
 async def test_redis_down_at_start_serves_from_memory_and_reports_degraded(
         closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{closed_port}/0"}, env_file=None)
-    caplog.set_level(logging.WARNING, logger="app.sessions")
+    caplog.set_level(logging.WARNING, logger="musicrec.service.sessions")
     started = time.perf_counter()
     async with open_session_store(settings) as store:
         assert store.status == "degraded"
@@ -213,7 +213,7 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
     target = aioredis.from_url(redis_url)
     port = target.connection_pool.connection_kwargs.get("port", 6379)
     await target.aclose()
-    caplog.set_level(logging.INFO, logger="app.sessions")
+    caplog.set_level(logging.INFO, logger="musicrec.service.sessions")
     async with SwitchableProxy(port) as proxy:
         client = redis_client(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
         store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix,

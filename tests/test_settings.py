@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.settings import Settings, SettingsError, mask_url
+from musicrec.service.settings import Settings, SettingsError, mask_url
 
 
 def test_defaults_come_from_nothing_and_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:

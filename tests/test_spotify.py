@@ -14,13 +14,13 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 
-from app.main import create_app
-from app.online import CACHE_PREFIX, OnlineService, TrackCache, online_service
-from app.settings import Settings
-from app.spotify import (
+from musicrec.service.main import create_app
+from musicrec.service.online import CACHE_PREFIX, OnlineService, TrackCache, online_service
+from musicrec.service.settings import Settings
+from musicrec.data.spotify import (
     SpotifyAuthError, SpotifyClient, SpotifyConfig, SpotifyNotFound, SpotifyRateLimited, SpotifyUnavailable, playlist_id,
 )
-from index.artifacts import load_artifacts
+from musicrec.index.artifacts import load_artifacts
 from tests.fake_spotify import CLIENT_ID, CLIENT_SECRET, FakeSpotify, spotify_id
 
 pytestmark = pytest.mark.filterwarnings("ignore:You're using `audio_features:DeprecationWarning")
@@ -148,7 +148,7 @@ def test_playlist_items_are_paged_and_playlists_named_any_way(fake: FakeSpotify)
 
 @pytest.fixture(scope="module")
 def local_catalog():
-    from data.demo import demo_catalog
+    from musicrec.data.demo import demo_catalog
 
     return demo_catalog(300, seed=21)
 
@@ -169,7 +169,7 @@ def _playlist_of_local_and_new(fake: FakeSpotify, local, n_local: int, n_new: in
 
 
 def test_a_403_takes_features_from_the_local_catalog_and_names_the_rest(fake: FakeSpotify, local_catalog) -> None:
-    from indexer.spotify_source import fetch_frame
+    from musicrec.data.spotify_source import fetch_frame
 
     pid = _playlist_of_local_and_new(fake, local_catalog, 40, 5, features=False)
     frame, report = fetch_frame(client_for(fake), [pid], local_catalog)
@@ -180,7 +180,7 @@ def test_a_403_takes_features_from_the_local_catalog_and_names_the_rest(fake: Fa
 
 
 def test_features_from_spotify_when_it_allows(fake: FakeSpotify, local_catalog) -> None:
-    from indexer.spotify_source import fetch_frame
+    from musicrec.data.spotify_source import fetch_frame
 
     fake.features_forbidden = False
     pid = _playlist_of_local_and_new(fake, local_catalog, 10, 5, features=True)
@@ -191,8 +191,8 @@ def test_features_from_spotify_when_it_allows(fake: FakeSpotify, local_catalog) 
 
 def test_cli_builds_artefacts_from_playlists(fake: FakeSpotify, local_catalog, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from data.demo import generate_demo_frame, write_csv
-    from indexer.cli import main
+    from musicrec.data.demo import generate_demo_frame, write_csv
+    from musicrec.indexer.cli import main
 
     monkeypatch.chdir(tmp_path)
     for key, value in fake.env().items():
@@ -215,7 +215,7 @@ def test_cli_builds_artefacts_from_playlists(fake: FakeSpotify, local_catalog, t
 def test_cli_without_any_features_fails_with_one_line(fake: FakeSpotify, local_catalog, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
-    from indexer.cli import main
+    from musicrec.indexer.cli import main
 
     monkeypatch.chdir(tmp_path)  # no data/dataset.csv here: no local catalog
     for key, value in fake.env().items():
@@ -379,9 +379,9 @@ def test_the_offline_service_never_imports_torch(demo_artifacts: Path) -> None:
     script = f"""
 import sys
 from litestar.testing import TestClient
-from app.main import create_app
-from app.settings import Settings
-from index.artifacts import load_artifacts
+from musicrec.service.main import create_app
+from musicrec.service.settings import Settings
+from musicrec.index.artifacts import load_artifacts
 settings = Settings.from_env({{"ARTIFACTS_DIR": {str(demo_artifacts)!r}, "REDIS_URL": "memory://",
                                "KAFKA_BOOTSTRAP_SERVERS": ""}}, env_file=None)
 track = load_artifacts({str(demo_artifacts)!r}).tracks.ids[0]

@@ -1,8 +1,0 @@
-"""ASGI entry for uvicorn (``factory=True``): settings from the environment, read at call time."""
-from litestar import Litestar
-
-from app.main import create_app
-
-
-def create_from_env() -> Litestar:
-    return create_app()

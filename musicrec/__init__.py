@@ -1,0 +1,1 @@
+"""musicrec: low-latency music recommendations (offline indexer, index, service, web)."""

@@ -1,0 +1,205 @@
+"""The versioned artefact set: file names, manifest, atomic publication, loading.
+
+A version is one directory holding every file plus ``manifest.json`` (with sha256
+checksums). Versions are written to a temporary sibling and renamed into place, so a
+reader never sees half an output; a root of versions has a ``current`` symlink that is
+replaced atomically. Loading imports no torch: the service memory-maps what it can.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import msgspec
+import numpy as np
+
+from musicrec.index.catalog import TrackTable
+from musicrec.index.faiss_index import load_index
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.pth"
+SCALER = "scaler.json"
+EMBEDDINGS = "embeddings.npy"
+INDEX = "index.faiss"
+TRACKS = "tracks.parquet"
+CURRENT = "current"
+NEIGHBOURS = "neighbours.npy"
+TRACK_LOOKUPS = "track_lookups.npz"  # the track table's derived lookups (TrackTable.lookup_arrays)
+DATA_FILES = (MODEL, SCALER, EMBEDDINGS, INDEX, TRACKS)
+OPTIONAL_FILES = (NEIGHBOURS, TRACK_LOOKUPS)  # checked like the others when the manifest lists them
+
+
+class ArtifactError(Exception):
+    """An artefact set is missing, incomplete, corrupt or of another format."""
+
+
+class SourceInfo(msgspec.Struct, kw_only=True):
+    path: str | None
+    sha256: str | None
+    rows: int
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    model_version: str
+    created_at: str
+    n_tracks: int
+    dim: int
+    features: list[str]
+    missing_features: list[str]
+    source: SourceInfo
+    demo: bool
+    index_type: str
+    index_factory: str
+    train_loss: float
+    val_loss: float
+    epochs: int
+    seed: int
+    build_seconds: float
+    load_report: dict[str, Any]
+    metrics: dict[str, float]
+    checksums: dict[str, str] = msgspec.field(default_factory=dict)
+    metric: str = "inner_product"
+    format_version: int = FORMAT_VERSION
+    training: dict[str, Any] = msgspec.field(default_factory=dict)
+    events: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The fine-tune on listener events (musicrec/indexer/cotrain.py); empty for a content-only build."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_dir(out: Path) -> Path:
+    """A fresh temporary directory beside ``out`` (same filesystem, so rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def finalize_version(staged: Path, out: Path, manifest: Manifest, *, replace: bool = False) -> Manifest:
+    """Checksum the staged files, write the manifest, then move the directory into place.
+
+    With ``replace`` an existing ``out`` is swapped out by two renames and deleted after;
+    without it an existing ``out`` is an error, so a version is never silently overwritten.
+    """
+    missing = [name for name in DATA_FILES if not (staged / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{staged}: staged version lacks {', '.join(missing)}")
+    present = [*DATA_FILES, *(name for name in OPTIONAL_FILES if (staged / name).is_file())]
+    manifest.checksums = {name: sha256_file(staged / name) for name in present}
+    (staged / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
+    for name in (*present, MANIFEST):
+        with open(staged / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.chmod(staged, 0o755)
+    if out.exists():
+        if not replace:
+            raise ArtifactError(f"{out}: already exists (pass --force to replace it)")
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+        out.rename(trash)
+        staged.rename(out)
+        shutil.rmtree(trash)
+    else:
+        staged.rename(out)
+    return manifest
+
+
+def publish(root: Path, version_dir: Path) -> None:
+    """Point ``root/current`` at ``version_dir`` with one atomic rename of a fresh symlink."""
+    tmp_link = root / f".{CURRENT}.tmp-{os.getpid()}-{time.time_ns()}"
+    os.symlink(os.path.relpath(version_dir, root), tmp_link)
+    os.replace(tmp_link, root / CURRENT)
+
+
+def resolve_version_dir(path: str | Path) -> Path:
+    """A version directory itself, or the target of ``current`` in a root of versions."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / CURRENT).exists():
+        return (path / CURRENT).resolve()
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such artefact directory (build one with `python -m musicrec.indexer build`)")
+    raise ArtifactError(f"{path}: neither a version directory (no {MANIFEST}) nor a root with '{CURRENT}'")
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    try:
+        manifest = msgspec.json.decode((version_dir / MANIFEST).read_bytes(), type=Manifest)
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{version_dir}: {MANIFEST} is missing") from exc
+    except msgspec.DecodeError as exc:
+        raise ArtifactError(f"{version_dir / MANIFEST}: unreadable manifest: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise ArtifactError(f"{version_dir}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Everything the service needs from one version, loaded once at start-up."""
+
+    path: Path
+    manifest: Manifest
+    embeddings: np.ndarray  # (n, dim) float32, memory-mapped, L2-normalised
+    index: faiss.Index
+    tracks: TrackTable
+    scaler: dict[str, Any]
+    neighbours: np.ndarray | None = None  # (n, width) int32, memory-mapped: every track's ANN answer
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+
+def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
+    """Load and cross-check one version; refuses a mismatched or corrupt set with ArtifactError."""
+    version_dir = resolve_version_dir(path)
+    manifest = read_manifest(version_dir)
+    listed = [*DATA_FILES, *(name for name in OPTIONAL_FILES if name in manifest.checksums)]
+    for name in listed:
+        file = version_dir / name
+        if not file.is_file():
+            raise ArtifactError(f"{version_dir}: {name} is missing")
+        if verify and manifest.checksums.get(name) != sha256_file(file):
+            raise ArtifactError(f"{file}: checksum does not match the manifest (corrupt or replaced file)")
+    try:
+        embeddings = np.load(version_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+        index = load_index(version_dir / INDEX)
+        lookups = None
+        if TRACK_LOOKUPS in listed:  # versions built before it derive the lookups at load, as before
+            with np.load(version_dir / TRACK_LOOKUPS, allow_pickle=False) as npz:
+                lookups = dict(npz)
+        tracks = TrackTable.from_parquet(version_dir / TRACKS, manifest.features, lookups)
+        scaler = json.loads((version_dir / SCALER).read_text())
+        neighbours = (np.load(version_dir / NEIGHBOURS, mmap_mode="r", allow_pickle=False)
+                      if NEIGHBOURS in listed else None)
+    except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{version_dir}: cannot read artefacts: {exc}") from exc
+    expected = (manifest.n_tracks, manifest.dim)
+    if embeddings.shape != expected or embeddings.dtype != np.float32:
+        raise ArtifactError(f"{version_dir}: embeddings {embeddings.shape}/{embeddings.dtype}, manifest says {expected}/float32")
+    if not np.isfinite(embeddings).all():
+        raise ArtifactError(f"{version_dir}: embeddings contain NaN or infinite values")
+    if index.ntotal != manifest.n_tracks or index.d != manifest.dim:
+        raise ArtifactError(f"{version_dir}: index holds {index.ntotal}×{index.d}, manifest says {expected}")
+    if len(tracks) != manifest.n_tracks:
+        raise ArtifactError(f"{version_dir}: track table has {len(tracks)} rows, manifest says {manifest.n_tracks}")
+    if scaler.get("features") != manifest.features:
+        raise ArtifactError(f"{version_dir}: scaler features {scaler.get('features')} differ from the manifest's")
+    if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != manifest.n_tracks):
+        raise ArtifactError(f"{version_dir}: neighbour table {neighbours.shape}, manifest says {manifest.n_tracks} rows")
+    return Artifacts(version_dir, manifest, embeddings, index, tracks, scaler, neighbours)

@@ -1,0 +1,489 @@
+"""Max-similarity scoring over per-seed ANN candidates (the heart of "what next?").
+
+score(c) = max over seeds s of  w(s) · (cos(s, c) + artist_weight · a(s, c))
+           − skip_penalty · max(0, max over skipped n of cos(n, c))
+
+w(s) grows for likes and decays with the seed's age in the session; a(s, c) is 1 for
+the same album, ``artist_share`` for a shared artist, else 0. Taking the maximum (not
+the mean) over seeds keeps a varied playlist varied: a candidate only has to be close
+to *one* seed. ``because`` is the seed that attains the maximum.
+
+Everything here is vectorised numpy over a few thousand candidates; the catalog is
+only scanned in full when filters leave too few ANN hits (exact fallback).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import faiss
+import numpy as np
+
+from musicrec.index.catalog import TrackTable
+
+log = logging.getLogger(__name__)
+
+VIEW, SKIP, LIKE = "track_view", "skip", "like"
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    like_weight: float = 1.0
+    view_weight: float = 0.8
+    recency_decay: float = 0.95     # weight × decay**age, age 0 = newest event of the session
+    skip_penalty: float = 0.25
+    artist_weight: float = 0.25     # affinity default, from benchmarks/quality.py; 0 = pure content
+    artist_share: float = 0.75      # a(s, c) for a shared artist (same album counts 1.0)
+    per_artist_candidates: int = 200
+    min_depth: int = 64             # ANN hits per seed, at least
+    max_rounds: int = 3             # deeper ANN rounds before the exact fallback
+
+
+@dataclass(frozen=True)
+class Filters:
+    genres: frozenset[str] = frozenset()
+    explicit: bool | None = None
+    min_popularity: int = 0
+    max_popularity: int = 100
+
+    @property
+    def active(self) -> bool:
+        return bool(self.genres) or self.explicit is not None or self.min_popularity > 0 or self.max_popularity < 100
+
+
+@dataclass(frozen=True)
+class Seed:
+    row: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Query:
+    seeds: Sequence[Seed]
+    k: int = 20
+    negatives: Sequence[int] = ()
+    exclude: Sequence[int] = ()
+    filters: Filters = Filters()
+    diversity: float = 0.0
+    artist_weight: float | None = None  # None: ScoringParams.artist_weight
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    score: float
+    because: int  # seed row, or -1 for cold-start picks
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """What a session's events mean for scoring: seeds, negatives and rows to leave out."""
+
+    seeds: list[Seed]
+    negatives: list[int]
+    seen: list[int] = field(default_factory=list)
+
+
+def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
+                      params: ScoringParams = ScoringParams()) -> SessionQuery:
+    """Turn (type, track_id) events, newest first, into weighted seeds and negatives.
+
+    The newest event about a track decides its role: a skip after a view makes it a
+    negative; a like (even an older one) lifts a played track's weight. Unknown ids
+    (a track removed by a rebuild) are ignored.
+    """
+    role: dict[int, str] = {}
+    age: dict[int, int] = {}
+    liked: set[int] = set()
+    for position, (kind, track_id) in enumerate(events):
+        row = row_of.get(track_id)
+        if row is None:
+            continue
+        if kind == LIKE:
+            liked.add(row)
+        if row not in role:
+            role[row] = kind
+            age[row] = position
+    seeds, negatives = [], []
+    for row, kind in role.items():
+        if kind == SKIP:
+            negatives.append(row)
+            continue
+        base = params.like_weight if (kind == LIKE or row in liked) else params.view_weight
+        seeds.append(Seed(row, base * params.recency_decay ** age[row]))
+    return SessionQuery(seeds, negatives, list(role))
+
+
+class Recommender:
+    """Scores candidates for one artefact version; safe for concurrent searches.
+
+    Its only mutable state is the neighbour memo, which caches answers and never changes one.
+    """
+
+    def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
+                 params: ScoringParams = ScoringParams(), *, memo: bool = True,
+                 neighbours: np.ndarray | None = None) -> None:
+        self.embeddings = embeddings
+        self._vectors = np.asarray(embeddings)  # a plain view of a memmap: cheaper to index per request
+        self.index = index
+        self.tracks = tracks
+        self.params = params
+        self.n = len(tracks)
+        self._memo = None
+        if memo and index is not None:
+            self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth, table=neighbours)
+        self._links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._links_max = 200_000
+
+    # -- public ---------------------------------------------------------------------------
+    def recommend(self, query: Query) -> list[Hit]:
+        if query.k < 1:
+            return []
+        if not query.seeds:
+            return self.popular(query.k, query.filters, query.exclude)
+        p = self.params
+        seed_rows = np.fromiter((s.row for s in query.seeds), dtype=np.int64, count=len(query.seeds))
+        weights = np.fromiter((s.weight for s in query.seeds), dtype=np.float32, count=len(query.seeds))
+        seed_vecs = self._rows(seed_rows)
+        neg_rows = _unique(np.asarray(query.negatives, dtype=np.int64))
+        banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
+        artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
+        ctx = _Context(query, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
+                       _unique(self.tracks.song_key.take(banned)), artist_weight,
+                       self._seed_links(seed_rows) if artist_weight > 0 else None)
+        affinity_rows = ctx.links.candidates if ctx.links is not None else np.empty(0, np.int64)
+
+        depth = max(p.min_depth, query.k + len(banned) + 16)
+        for _ in range(p.max_rounds):
+            if depth * 4 >= self.n:
+                break  # a search this deep costs as much as the exact scan below
+            ann = self._search(seed_rows, seed_vecs, depth)
+            hits = self._score(_unique(np.concatenate([ann.astype(np.int64, copy=False), affinity_rows])), ctx)
+            if len(hits) >= query.k:
+                return hits
+            depth *= 4
+        # Exact fallback: every row that passes the filters, so k hits come back whenever k exist.
+        everything = np.arange(self.n, dtype=np.int64)
+        return self._score(everything[self._filter_mask(everything, query.filters)], ctx)
+
+    def _search(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
+        """Row numbers of each seed's ``depth`` nearest tracks (any order, repeats allowed).
+
+        The one place candidates come from; a benchmark overrides it to compare sources.
+        """
+        if self._memo is not None and self._memo.serves(depth):
+            return self._memo.search(self.index, seed_rows, seed_vecs, depth)
+        _, ann = self.index.search(seed_vecs, depth)
+        return ann[ann >= 0]
+
+    def popular(self, k: int, filters: Filters = Filters(), exclude: Sequence[int] = ()) -> list[Hit]:
+        """Cold start: popular tracks spread across genres, honouring filters and exclusions.
+
+        The first ``k`` songs of the cold-start order lie in a short prefix of it, so only a
+        prefix is filtered and deduplicated (growing when too few pass): the whole order took
+        8 ms per call at 114k tracks, and 130 ms at 1M, for a session of nothing but skips.
+        """
+        spread, song_key = self.tracks.popular_spread, self.tracks.song_key
+        excluded = _unique(np.asarray(exclude, dtype=np.int64))
+        size = max(4 * k, 256)
+        while True:
+            order = spread[:size]
+            keep = self._filter_mask(order, filters)
+            if len(excluded):
+                keep &= ~_member(order.astype(np.int64), excluded)
+            order = order[keep]
+            _, first = np.unique(song_key[order], return_index=True)
+            if len(first) >= k or size >= len(spread):
+                break
+            size *= 4
+        order = order[np.sort(first)][:k]
+        return [Hit(int(r), float(self.tracks.popularity[r]) / 100.0, -1) for r in order]
+
+    # -- internals ------------------------------------------------------------------------
+    def _score(self, candidates: np.ndarray, ctx: "_Context") -> list[Hit]:
+        """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first.
+
+        Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
+        (numpy's max/argmax along a short last axis cost more than the product itself).
+        """
+        t, p, q = self.tracks, self.params, ctx.query
+        # A banned row's song key is among the banned songs, so one lookup covers both.
+        candidates = candidates[~_member(t.song_key.take(candidates), ctx.banned_songs)]
+        if q.filters.active:
+            candidates = candidates[self._filter_mask(candidates, q.filters)]
+        if not len(candidates):
+            return []
+        vecs = self._rows(candidates)
+        # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
+        # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
+        per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
+        if ctx.artist_weight > 0:
+            self._add_affinity(per_seed, candidates, ctx.links, ctx.artist_weight)
+        per_seed *= ctx.weights
+        score = per_seed.max(axis=0)
+        if len(ctx.neg_rows):
+            neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
+            score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
+        need = max(4 * q.k, 100) if q.diversity > 0 else q.k
+        popularity = t.popularity.take(candidates)
+        order = _first_per_song(_ranking(score, popularity, need), t.song_key.take(candidates), need, score, popularity)
+        if q.diversity > 0:
+            order = _mmr(vecs, score, order, q.k, q.diversity)
+        else:
+            order = order[:q.k]
+        because = ctx.seed_rows[per_seed[:, order].argmax(axis=0)].tolist()
+        return [Hit(r, s, b) for r, s, b in zip(candidates[order].tolist(), score[order].tolist(), because)]
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._vectors.take(rows, axis=0).astype(np.float32, copy=False)
+
+    def _artist_rows(self, row: int) -> list[np.ndarray]:
+        t = self.tracks
+        return [r for a in t.artists[row].split(";") if (r := t.artist_rows.get(a.strip())) is not None]
+
+    def _track_links(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One track's (capped artist candidates, affinity rows, affinity values), kept per track.
+
+        a(s, c) for a fixed seed s is a fixed sparse row: ``artist_share`` on its artists' tracks,
+        1 on its album's (an album match wins, as it did when marked after the artists). Seeds
+        repeat across a listener's requests, so this is computed once per track, not per request.
+        """
+        links = self._links.get(row)
+        if links is not None:
+            return links
+        t, p = self.tracks, self.params
+        artist_parts = self._artist_rows(row)
+        capped = (np.concatenate([rows[:p.per_artist_candidates] for rows in artist_parts]).astype(np.int64)
+                  if artist_parts else np.empty(0, np.int64))
+        album_rows = t.album_rows.get(t.album_key[row]) if t.album[row] else None
+        parts = [*artist_parts, *([album_rows] if album_rows is not None else [])]
+        values = [np.full(len(rows), p.artist_share, dtype=np.float32) for rows in artist_parts]
+        if album_rows is not None:
+            values.append(np.ones(len(album_rows), dtype=np.float32))
+        if parts:
+            rows = np.concatenate(parts).astype(np.int64)
+            vals = np.concatenate(values)
+            # One value per row: the last mark wins (the album's), as in sequential assignment.
+            last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
+            rows, vals = rows[last], vals[last]
+        else:
+            rows, vals = np.empty(0, np.int64), np.empty(0, np.float32)
+        links = (capped, rows, vals)
+        if len(self._links) >= self._links_max:
+            self._links.clear()  # crude bound: refills from the tracks being played now
+        self._links[row] = links
+        return links
+
+    def _seed_links(self, seed_rows: np.ndarray) -> "_Links":
+        """The seeds' artist and album tracks, flattened once per request.
+
+        ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
+        ANN may miss. The (row, seed, value) triples feed ``_add_affinity``.
+        """
+        per_seed = [self._track_links(row) for row in seed_rows.tolist()]
+        capped = [links[0] for links in per_seed if len(links[0])]
+        candidates = np.concatenate(capped) if capped else np.empty(0, np.int64)  # made unique with the ANN rows
+        lengths = [len(links[1]) for links in per_seed]
+        return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
+                      np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
+                      np.concatenate([links[2] for links in per_seed]))
+
+    def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> None:
+        """per_seed[s, i] += weight · a(s, c_i) for the (seed, candidate) pairs where a ≠ 0.
+
+        Only those cells change: adding weight · 0 elsewhere would leave every score as it is,
+        so the dense a(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
+        """
+        if not len(links.rows) or not len(candidates):
+            return
+        pos, hit = _find(candidates, links.rows)
+        per_seed[links.seed[hit], pos[hit]] += weight * links.value[hit]
+
+    def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
+        t = self.tracks
+        mask = np.ones(len(rows), dtype=bool)
+        if not filters.active:
+            return mask
+        if filters.min_popularity > 0 or filters.max_popularity < 100:
+            pop = t.popularity[rows]
+            mask &= (pop >= filters.min_popularity) & (pop <= filters.max_popularity)
+        if filters.explicit is not None:
+            mask &= t.explicit[rows] == filters.explicit
+        if filters.genres:
+            in_genre = np.zeros(len(rows), dtype=bool)
+            for genre in filters.genres:
+                members = t.genre_rows.get(genre)
+                if members is not None:
+                    in_genre |= np.isin(rows, members)
+            mask &= in_genre
+        return mask
+
+
+class NeighbourMemo:
+    """Each seed track's ANN answer: precomputed by the build, or kept after its first search.
+
+    Seeds are always catalog tracks, so a track's neighbour list is a fixed function of its row:
+    searching it again returns the same rows. The build searches every row once (``fill``) and
+    ships the table (``neighbours.npy``, memory-mapped read-only, so the workers share one copy
+    in the page cache: 46 MB at 114k, 512 MB at 1M); a request is then a table lookup. Without
+    one (an older version), the table is ``n × width`` int32 allocated zeroed and filled on
+    demand, so its resident memory grows with the tracks actually played.
+
+    ``width`` answers serve every depth up to it only for indexes whose top-d is the prefix of
+    their top-w (flat and IVF scan the same vectors whatever k is); HNSW's beam depends on k, so
+    there the memo serves exactly ``width``. Concurrent fills of a row write identical values and
+    set ``filled`` after the row, so readers never see half a row.
+    """
+
+    PREFIX_WIDTH = 128
+
+    def __init__(self, n: int, width: int, prefix: bool, table: np.ndarray | None = None) -> None:
+        self.width = width
+        self.prefix = prefix
+        if table is None:
+            self.table = np.zeros((n, width), dtype=np.int32)
+            self.filled = np.zeros(n, dtype=bool)
+        else:  # precomputed at build time (``fill``): every row is there, nothing is written
+            self.table = table
+            self.filled = np.ones(n, dtype=bool)
+
+    @classmethod
+    def for_index(cls, index: faiss.Index, n: int, min_depth: int, *, table: np.ndarray | None = None) -> "NeighbourMemo":
+        """The memo this index needs; ``table`` (the build's, ``fill``-ed) is used when its shape fits."""
+        inner = faiss.downcast_index(index)
+        prefix = isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
+        width = max(min_depth, cls.PREFIX_WIDTH) if prefix else min_depth
+        if table is not None and (table.shape != (n, width) or table.dtype != np.int32):
+            log.warning("ignoring the precomputed neighbour table: %s %s, this index needs (%d, %d) int32",
+                        table.shape, table.dtype, n, width)
+            table = None
+        return cls(n, width, prefix, table)
+
+    def fill(self, index: faiss.Index, vectors: np.ndarray, batch: int = 65_536) -> np.ndarray:
+        """Search every row now (at build time), so a service never searches at request time.
+
+        Why: at 1M tracks a seed's first search costs ~0.3 ms, and a listener's first request
+        ~5 ms; a burst of new listeners queued behind them (benchmarks/README.md).
+        """
+        for start in range(0, len(self.filled), batch):
+            stop = min(start + batch, len(self.filled))
+            _, ann = index.search(np.ascontiguousarray(vectors[start:stop], dtype=np.float32), self.width)
+            self.table[start:stop] = ann
+        self.filled[:] = True
+        return self.table
+
+    def serves(self, depth: int) -> bool:
+        return depth <= self.width if self.prefix else depth == self.width
+
+    def search(self, index: faiss.Index, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
+        missing = ~self.filled[seed_rows]
+        if missing.any():
+            rows = seed_rows[missing]
+            _, ann = index.search(seed_vecs[missing], self.width)
+            self.table[rows] = ann
+            self.filled[rows] = True
+        found = self.table[seed_rows, :depth]
+        return found[found >= 0]
+
+
+@dataclass(frozen=True)
+class _Links:
+    """The seeds' artist and album tracks for one request (see ``Recommender._seed_links``)."""
+
+    candidates: np.ndarray   # int64 rows, repeats allowed (``recommend`` uniques them with the ANN rows)
+    rows: np.ndarray         # int64: for each seed, the rows it has an affinity with …
+    seed: np.ndarray         # … the seed (column) each belongs to
+    value: np.ndarray        # … and a(s, c), float32
+
+
+@dataclass(frozen=True)
+class _Context:
+    query: Query
+    seed_rows: np.ndarray
+    seed_vecs: np.ndarray
+    weights: np.ndarray
+    neg_rows: np.ndarray
+    banned: np.ndarray
+    banned_songs: np.ndarray
+    artist_weight: float
+    links: _Links | None
+
+
+def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``sorted_set``, found?) of each value, by binary search; ``sorted_set`` non-empty."""
+    pos = np.searchsorted(sorted_set, values)
+    pos[pos == len(sorted_set)] = 0
+    return pos, sorted_set[pos] == values
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted set, by binary search (cheaper for small sets)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    return _find(sorted_set, values)[1]
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` for a small int array (a sort and a mask; numpy's hashing path costs more here)."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray:
+    """Best score first; equal scores by popularity, then row: a prefix holding every score ≥ the best ``need``-th.
+
+    Ties are kept whole, so the prefix equals the full ranking's head; sorting only it saves
+    most of the sort. ``_first_per_song`` falls back to the full ranking when short. Why
+    popularity breaks ties: one song listed under several ids (releases, compilations) has one
+    set of features, hence equal scores, and the listener should get the release people play.
+    """
+    head = need + 48
+    if len(score) <= 2 * head:
+        return np.lexsort((-popularity, -score))
+    threshold = np.partition(score, len(score) - head)[len(score) - head]
+    top = np.flatnonzero(score >= threshold)
+    return top[np.lexsort((-popularity[top], -score[top]))]
+
+
+def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: np.ndarray,
+                    popularity: np.ndarray) -> np.ndarray:
+    """``order`` with every song after its first (best) id dropped; at least ``need`` long when possible.
+
+    Deduplicating only a prefix of the ranking gives the same head as deduplicating it all,
+    and the head is all that is used. A short partial ranking (``_ranking``) is redone in full.
+    """
+    prefix = need + 32
+    while True:
+        head = order[:prefix]
+        _, first = np.unique(song_key[head], return_index=True)
+        if len(first) >= need:
+            return head[np.sort(first)]
+        if prefix >= len(order):
+            if len(order) == len(score):
+                return head[np.sort(first)]
+            order = _ranking(score, popularity, len(score))  # the full ranking
+        prefix *= 4
+
+
+def _mmr(vecs: np.ndarray, score: np.ndarray, order: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Maximal marginal relevance over the best few candidates: relevance vs. redundancy."""
+    pool = order[: max(4 * k, 100)]
+    pool_vecs = vecs[pool]
+    relevance = score[pool]
+    redundancy = np.zeros(len(pool), dtype=np.float32)
+    taken = np.zeros(len(pool), dtype=bool)
+    picked = []
+    for _ in range(min(k, len(pool))):
+        mmr = (1.0 - diversity) * relevance - diversity * redundancy
+        mmr[taken] = -np.inf
+        i = int(np.argmax(mmr))
+        picked.append(i)
+        taken[i] = True
+        redundancy = np.maximum(redundancy, pool_vecs @ pool_vecs[i])
+    return pool[np.asarray(picked, dtype=np.int64)]

@@ -1,0 +1,5 @@
+import sys
+
+from musicrec.indexer.cli import main
+
+sys.exit(main())

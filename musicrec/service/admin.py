@@ -1,0 +1,30 @@
+"""Operator routes: ``POST /admin/reload`` swaps in the version ``current`` points at."""
+from __future__ import annotations
+
+import hmac
+
+from litestar import Request, post
+from litestar.datastructures import State
+
+from musicrec.service.errors import Conflict, Forbidden, Unauthorized
+from musicrec.service.reload import ReloadResult
+
+
+def _authorise(request: Request, token: str) -> None:
+    if not token:
+        raise Forbidden("the admin API is disabled: set ADMIN_TOKEN to enable it")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")
+
+
+@post("/admin/reload", status_code=200, summary="Load the artefact version `current` points at (token required)")
+async def admin_reload(request: Request, state: State) -> dict[str, object]:
+    _authorise(request, state.settings.admin_token)
+    result: ReloadResult = await state.reloader.check(force=True)
+    if result.error:
+        raise Conflict(f"new version refused, still serving {result.model_version}: {result.error}")
+    return {"swapped": result.swapped, "model_version": result.model_version, "path": result.path}
+
+
+ROUTES = [admin_reload]

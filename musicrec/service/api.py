@@ -1,0 +1,139 @@
+"""JSON routes: recommendations, events, the listener's session, and the song catalog."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypeAlias
+
+from litestar import MediaType, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from musicrec.service import logic
+from musicrec.service.answers import AnswerCache
+from musicrec.index.browse import BrowseQuery
+from musicrec.service.clients import client_id, remember
+from musicrec.service.deps import EngineDep, MetricsDep, SessionsDep
+from musicrec.index.engine import Engine
+from musicrec.service.errors import BadRequest, NotFound
+from musicrec.service.events import EventSink
+from musicrec.service.metrics import ServiceMetrics
+from musicrec.service.schemas import (
+    EventAccepted, EventIn, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
+    SongRecommendation, SongsPage,
+)
+from musicrec.service.sessions import SessionStore
+
+Sort = Literal["-popularity", "popularity", "name", "-name", "artist", "-artist"]
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """The resources a hot route needs, resolved as one dependency.
+
+    Why: Litestar resolves two or more independent dependencies of a handler concurrently,
+    in an anyio task group, which cost more CPU per request than the rest of POST /events
+    (benchmarks/README.md). One dependency (after ``metrics``) is resolved inline.
+    """
+
+    engine: Engine
+    sessions: SessionStore
+    events: EventSink
+    metrics: ServiceMetrics
+    answers: AnswerCache
+
+
+def provide_serving(state: State, metrics: MetricsDep) -> Serving:
+    # The same objects the app-level providers give: the current Engine (taken once per request,
+    # so a swap never mixes versions), the session store and the event sink.
+    return Serving(state.holder.current, state.sessions, state.events, metrics, state.answers)
+
+
+ServingDep: TypeAlias = NamedDependency[SkipValidation[Serving]]
+SERVING = {"serving": Provide(provide_serving, sync_to_thread=False)}
+
+
+@get("/api/songs_recommendations", dependencies=SERVING,
+     summary="Next tracks for the caller's session (the seed design's contract)")
+async def songs_recommendations(
+    request: Request, serving: ServingDep,
+    k: Annotated[int, Parameter(ge=1, le=200)] = 20,
+    diversity: Annotated[float, Parameter(ge=0.0, le=1.0)] = 0.0,
+) -> Response[list[SongRecommendation]]:
+    client, is_new = client_id(request)
+    events = [] if is_new else await serving.sessions.recent(client)
+    started = time.perf_counter()
+    body = logic.session_answer(serving.engine, serving.answers, events, k, diversity=diversity)
+    serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
+    return remember(Response(body, media_type=MediaType.JSON), client, is_new)
+
+
+@post("/api/recommendations", status_code=200, dependencies=SERVING,
+      summary="Playlist continuation from given tracks (stateless)")
+async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep) -> RecommendResponse:
+    started = time.perf_counter()
+    answer = logic.recommend_tracks(serving.engine, data)
+    serving.metrics.recommendation_seconds.labels("tracks").observe(time.perf_counter() - started)
+    return answer
+
+
+@post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, summary="Record a view, skip or like")
+async def post_event(request: Request, data: JSONBody[EventIn], serving: ServingDep) -> Response[EventAccepted]:
+    engine = serving.engine
+    kind = logic.normalise_event_type(data.type)
+    client, is_new = client_id(request, data.client_id)
+    if data.track_id not in engine.tracks.row_of:
+        raise NotFound(f"no track with id {data.track_id!r}")
+    event = logic.make_event(engine, kind=kind, track_id=data.track_id, client_id=client, ts=data.ts,
+                               source=data.source, position=data.position)
+    await serving.sessions.append(client, logic.session_event(event))
+    serving.events.publish(event)
+    return remember(Response(EventAccepted(event.event_id, client, kind), status_code=HTTP_202_ACCEPTED), client, is_new)
+
+
+@get("/api/session", summary="The caller's recent events, newest first")
+async def get_session(request: Request, engine: EngineDep, sessions: SessionsDep) -> Response[SessionOut]:
+    client, is_new = client_id(request)
+    recent = [] if is_new else await sessions.recent(client)
+    t = engine.tracks
+    out = [SessionEventOut(e.type, e.track_id, e.ts, t.name[r] if (r := t.row_of.get(e.track_id)) is not None else None)
+           for e in recent]
+    return remember(Response(SessionOut(client, out)), client, is_new)
+
+
+@delete("/api/session", status_code=HTTP_204_NO_CONTENT, summary="Forget the caller's session")
+async def delete_session(request: Request, sessions: SessionsDep) -> None:
+    client, is_new = client_id(request)
+    if not is_new:
+        await sessions.clear(client)
+
+
+@get("/api/songs", summary="Search, filter, sort and page the catalog")
+async def list_songs(
+    engine: EngineDep,
+    q: Annotated[str, Parameter(max_length=200)] = "",
+    genre: Annotated[str | None, Parameter(max_length=100)] = None,
+    explicit: FromQuery[bool | None] = None,
+    min_popularity: Annotated[int, Parameter(ge=0, le=100)] = 0,
+    max_popularity: Annotated[int, Parameter(ge=0, le=100)] = 100,
+    sort: FromQuery[Sort] = "-popularity",
+    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+    per_page: Annotated[int, Parameter(ge=1, le=100)] = 20,
+) -> SongsPage:
+    if genre and genre not in engine.tracks.genre_rows:
+        raise BadRequest(f"unknown genre {genre!r}")
+    if min_popularity > max_popularity:
+        raise BadRequest("min_popularity must not exceed max_popularity")
+    rows, total = engine.browser.search(BrowseQuery(q, genre or None, explicit, min_popularity, max_popularity,
+                                                    sort, page, per_page))
+    return SongsPage([logic.song(engine, int(r)) for r in rows], total, page, per_page)
+
+
+@get("/api/songs/{track_id:str}", summary="One track with its audio features")
+async def get_song(track_id: FromPath[str], engine: EngineDep) -> SongDetail:
+    return logic.song_detail(engine, track_id)
+
+
+ROUTES = [songs_recommendations, recommendations, post_event, get_session, delete_session, list_songs, get_song]

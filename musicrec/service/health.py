@@ -1,0 +1,44 @@
+"""Liveness, readiness (what is degraded and why) and Prometheus metrics."""
+from __future__ import annotations
+
+from litestar import Response, get
+
+from musicrec.service.deps import EngineDep, EventsDep, MetricsDep, SessionsDep
+from musicrec.index.engine import Engine
+from musicrec.service.events import EventSink
+from musicrec.service.sessions import SessionStore
+
+
+@get("/healthz", summary="The process is alive", include_in_schema=True)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def readiness(engine: Engine, sessions: SessionStore, events: EventSink) -> dict[str, object]:
+    manifest = engine.artifacts.manifest
+    degraded = [name for name, status in (("redis", sessions.status), ("kafka", events.status)) if status == "degraded"]
+    return {
+        "status": "degraded" if degraded else "ok",
+        "degraded": degraded,
+        "artifacts": {"loaded": True, "model_version": manifest.model_version, "n_tracks": manifest.n_tracks,
+                      "index_type": manifest.index_type, "demo": manifest.demo, "path": str(engine.artifacts.path)},
+        "model_version": manifest.model_version,
+        "demo": manifest.demo,
+        "redis": sessions.status,
+        "kafka": events.status,
+        "events": {"produced": events.produced, "buffered": events.buffered, "dropped": events.dropped},
+    }
+
+
+@get("/readyz", summary="Serving? Artefacts loaded; redis and kafka ok, degraded, memory or disabled")
+async def readyz(engine: EngineDep, sessions: SessionsDep, events: EventsDep) -> dict[str, object]:
+    # Degraded dependencies still serve (fallbacks), so readiness stays 200 and says which.
+    return readiness(engine, sessions, events)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics_endpoint(metrics: MetricsDep) -> Response[bytes]:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+ROUTES = [healthz, readyz, metrics_endpoint]

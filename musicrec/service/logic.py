@@ -1,0 +1,122 @@
+"""What the routes do, without HTTP: resolve ids, build scoring queries, shape answers."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Sequence
+
+import msgspec
+import numpy as np
+
+from musicrec.service.answers import AnswerCache
+from musicrec.index.engine import Engine
+from musicrec.service.errors import BadRequest, NotFound
+from musicrec.service.schemas import (
+    FiltersIn, RecommendedTrack, RecommendRequest, RecommendResponse, Song, SongDetail, SongRecommendation,
+)
+from musicrec.service.sessions import SessionEvent
+from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event
+from musicrec.index.recommend import Filters, Hit, Query, Seed, seeds_from_events
+
+_encode = msgspec.json.encode
+
+
+def normalise_event_type(kind: str) -> str:
+    kind = TYPE_ALIASES.get(kind, kind)
+    if kind not in EVENT_TYPES:
+        raise BadRequest(f"unknown event type {kind!r}; expected one of {', '.join(EVENT_TYPES)} "
+                         f"(or {', '.join(TYPE_ALIASES)})")
+    return kind
+
+
+def to_filters(engine: Engine, raw: FiltersIn) -> Filters:
+    unknown = sorted(set(raw.genres) - engine.tracks.genre_rows.keys())
+    if unknown:
+        raise BadRequest(f"unknown genre(s): {', '.join(unknown[:10])}", known=engine.tracks.genre_names[:200])
+    if raw.min_popularity > raw.max_popularity:
+        raise BadRequest("filters.min_popularity must not exceed filters.max_popularity")
+    return Filters(frozenset(raw.genres), raw.explicit, raw.min_popularity, raw.max_popularity)
+
+
+def song(engine: Engine, row: int) -> Song:
+    t = engine.tracks
+    return Song(
+        id=t.ids[row], name=t.name[row], artist=t.artist[row], artists=[a for a in t.artists[row].split(";") if a],
+        album=t.album[row], genre=t.genre[row], genres=t.genres[row].split("|"),
+        popularity=int(t.popularity[row]), explicit=bool(t.explicit[row]),
+    )
+
+
+def song_detail(engine: Engine, track_id: str) -> SongDetail:
+    t = engine.tracks
+    row = t.row_of.get(track_id)
+    if row is None:
+        raise NotFound(f"no track with id {track_id!r}")
+    features = {name: float(v) for name, v in zip(t.feature_names, t.features[row].tolist())}
+    duration = features.get("duration_ms")
+    base = song(engine, row)
+    return SongDetail(**{f: getattr(base, f) for f in base.__struct_fields__}, features=features,
+                      duration_ms=int(duration) if duration is not None else None)
+
+
+def resolve_rows(engine: Engine, ids: Sequence[str]) -> tuple[list[int], list[str]]:
+    row_of = engine.tracks.row_of
+    rows, unknown = [], []
+    for track_id in ids:
+        row = row_of.get(track_id)
+        (unknown.append(track_id) if row is None else rows.append(row))
+    return rows, unknown
+
+
+def _recommended(engine: Engine, hits: list[Hit]) -> list[RecommendedTrack]:
+    t = engine.tracks
+    return [RecommendedTrack(id=t.ids[h.row], name=t.name[h.row], artist=t.artist[h.row], album=t.album[h.row],
+                             genre=t.genre[h.row], popularity=int(t.popularity[h.row]), score=round(h.score, 6),
+                             because=t.ids[h.because] if h.because >= 0 else None) for h in hits]
+
+
+def recommend_tracks(engine: Engine, req: RecommendRequest) -> RecommendResponse:
+    """Stateless playlist continuation: every given track is an equally weighted seed."""
+    rows, unknown = resolve_rows(engine, req.track_ids)
+    if not rows:
+        raise NotFound("none of the given track_ids is in the catalog", unknown_ids=unknown)
+    negatives, _ = resolve_rows(engine, req.negative_ids)
+    exclude, _ = resolve_rows(engine, req.exclude_ids)
+    seeds = [Seed(r, 1.0) for r in dict.fromkeys(rows)]
+    query = Query(seeds=seeds, k=req.k, negatives=negatives, exclude=exclude, filters=to_filters(engine, req.filters),
+                  diversity=req.diversity, artist_weight=req.artist_weight)
+    hits = engine.recommender.recommend(query)
+    return RecommendResponse(_recommended(engine, hits), engine.model_version, unknown)
+
+
+def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *, diversity: float = 0.0) -> list[SongRecommendation]:
+    """The listener's next tracks from their recent events (newest first); popular ones when empty."""
+    session = seeds_from_events(((e.type, e.track_id) for e in events), engine.tracks.row_of, engine.recommender.params)
+    query = Query(seeds=session.seeds, k=k, negatives=session.negatives, exclude=session.seen, diversity=diversity)
+    hits = engine.recommender.recommend(query)
+    t = engine.tracks
+    ids, names, artists, genres, popularity = t.ids, t.name, t.artist, t.genre, t.popularity
+    # Built directly, not via RecommendedTrack (the hot path: one struct per track, not two).
+    return [SongRecommendation(ids[h.row], names[h.row], artists[h.row], genres[h.row], int(popularity[h.row]),
+                               round(h.score, 6), ids[h.because] if h.because >= 0 else None) for h in hits]
+
+
+def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,
+                   diversity: float = 0.0) -> bytes:
+    """``recommend_session`` as JSON, from the answer cache when this exact session was answered before."""
+    key = (engine.model_version, tuple((e.type, e.track_id) for e in events), k, diversity)
+    return answers.get_or_compute(key, lambda: _encode(recommend_session(engine, events, k, diversity=diversity)))
+
+
+def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: float | None,
+               source: str | None, position: float | None) -> Event:
+    return Event(event_id=uuid.uuid4().hex, type=kind, track_id=track_id, ts=ts if ts is not None else time.time(),
+                 source=source, client_id=client_id, position=position, model_version=engine.model_version)
+
+
+def session_event(event: Event) -> SessionEvent:
+    return SessionEvent(type=event.type, track_id=event.track_id, ts=event.ts)
+
+
+def page_rows(rows: np.ndarray) -> list[int]:
+    return [int(r) for r in rows]

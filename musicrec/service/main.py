@@ -1,0 +1,110 @@
+"""The application factory: ``create_app(settings, *, resources=None)``.
+
+Resources (artefacts, session store, event sink) are opened in the lifespan and closed
+in ``finally``, unless the caller passes its own (tests, embedding apps), which it then owns.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from musicrec.service import admin, api, health
+from musicrec.web import pages
+from musicrec.service.answers import AnswerCache
+from musicrec.index.engine import Engine, EngineHolder, configure_faiss_threads
+from musicrec.service.errors import EXCEPTION_HANDLERS
+from musicrec.service.events import EventSink, open_event_sink
+from musicrec.service.metrics import RequestMetrics, ServiceMetrics
+from musicrec.service.reload import Reloader
+from musicrec.service.sessions import SessionStore, open_session_store
+from musicrec.service.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1 << 20  # the largest legitimate body (100 ids + 1,000 exclusions) is ~70 KB
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # templates and static assets
+
+
+@dataclass
+class Resources:
+    """External resources a caller may inject; anything left None is opened from settings."""
+
+    engine: Engine | None = None
+    sessions: SessionStore | None = None
+    events: EventSink | None = None
+
+
+def create_app(settings: Settings | None = None, *, resources: Resources | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    given = resources or Resources()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            configure_faiss_threads(settings.faiss_threads)
+            engine = given.engine or await anyio.to_thread.run_sync(Engine.load, settings.artifacts_dir)
+            sessions = given.sessions or await stack.enter_async_context(open_session_store(settings))
+            events = given.events or await stack.enter_async_context(open_event_sink(settings))
+            holder = EngineHolder(engine)
+            reloader = Reloader(settings.artifacts_dir, holder)
+            app.state.holder, app.state.sessions, app.state.events = holder, sessions, events
+            app.state.answers = answers = AnswerCache(settings.answer_cache_size)
+            app.state.reloader = reloader
+            if settings.reload_poll_s > 0:
+                watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
+                stack.callback(watcher.cancel)
+            if engine.artifacts.manifest.demo:
+                log.warning("serving the SYNTHETIC DEMO catalog (%s): build with --csv for real tracks",
+                            engine.model_version)
+            metrics.watch(lambda: {
+                "produced": events.produced, "dropped": events.dropped, "buffered": events.buffered,
+                "redis_degraded": sessions.status == "degraded", "kafka_degraded": events.status == "degraded",
+                "model_version": holder.current.model_version, "demo": holder.current.artifacts.manifest.demo,
+                "answer_hits": answers.hits, "answer_misses": answers.misses,
+            })
+            log.info("ready: model %s, sessions %s, events %s", engine.model_version, sessions.status, events.status)
+            yield
+
+    def provide_engine(state: State) -> Engine:
+        return state.holder.current
+
+    def provide_sessions(state: State) -> SessionStore:
+        return state.sessions
+
+    def provide_events(state: State) -> EventSink:
+        return state.events
+
+    def provide_metrics() -> ServiceMetrics:
+        return metrics
+
+    return Litestar(
+        route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *pages.ROUTES,
+                        create_static_files_router(path="/static", directories=[WEB_DIR / "static"])],
+        template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
+        dependencies={
+            "engine": Provide(provide_engine, sync_to_thread=False),
+            "sessions": Provide(provide_sessions, sync_to_thread=False),
+            "events": Provide(provide_events, sync_to_thread=False),
+            "metrics": Provide(provide_metrics, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="musicrec", version="0.1.0", path="/schema"),
+        state=State({"settings": settings}),
+    )

@@ -1,0 +1,313 @@
+"""Online mode: a track that is not in the catalog, fetched from Spotify and placed among ours.
+
+``/songs/<id>`` for an unknown id (``MODE=online`` only) asks Spotify for the track, its
+first artist's genres and its audio features, keeps the answer in Redis for a day (an
+in-process LRU when Redis is down or not configured), and, when features are known,
+embeds them with the version's saved encoder and searches the index with that vector.
+
+Since 2024-11-27 Spotify answers 403 to new apps on ``audio-features``: the track keeps
+its metadata; if the same song (name + first artist) is in the local catalog its features
+are used, otherwise the page says plainly that the track has no features. torch is
+imported only here, and only when a vector must be encoded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import numpy as np
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from musicrec.index.engine import Engine
+from musicrec.data.spotify import (
+    DEFAULT_API_URL, DEFAULT_TOKEN_URL, TRACK_ID, SpotifyClient, SpotifyConfig, SpotifyError, SpotifyNotFound,
+    SpotifyUnavailable,
+)
+from musicrec.data.schema import impute_features
+from musicrec.index.recommend import Hit, Query, Seed
+
+log = logging.getLogger(__name__)
+
+FeaturesFrom = Literal["spotify", "forbidden", "missing", "unavailable"]
+CACHE_PREFIX = "musicrec:online:track:"
+TTL_S = 24 * 3600
+SHORT_TTL_S = 300        # features that failed for a transient reason are asked again soon
+NOT_FOUND = b"404"
+REDIS_DOWN = (RedisError, OSError, TimeoutError)  # any of these means "use memory", never a 500
+
+
+class OnlineTrack(msgspec.Struct, kw_only=True):
+    """What Spotify told us about one track; the cached value (JSON in Redis)."""
+
+    id: str
+    name: str
+    artists: list[str]
+    album: str
+    popularity: int | None
+    explicit: bool
+    duration_ms: int | None
+    genres: list[str]
+    features: dict[str, float] | None
+    features_from: FeaturesFrom
+    fetched_at: float
+
+
+_ENCODE = msgspec.json.Encoder()
+_DECODE = msgspec.json.Decoder(OnlineTrack)
+
+
+class TrackCache:
+    """Redis (a short timeout, a fresh connection per call: online lookups are rare) with an
+    in-process LRU beside it, used alone while Redis is down or when the URL is ``memory://``."""
+
+    def __init__(self, redis_url: str | None, *, timeout_s: float = 0.25, retry_after_s: float = 30.0,
+                 memory_items: int = 2048) -> None:
+        self.redis_url = redis_url if redis_url and not redis_url.startswith("memory://") else None
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._memory_items = memory_items
+
+    @property
+    def status(self) -> str:
+        if self.redis_url is None:
+            return "memory"
+        return "degraded" if time.monotonic() < self._down_until else "ok"
+
+    async def get(self, track_id: str) -> bytes | None:
+        key = CACHE_PREFIX + track_id
+        if self.status == "ok":
+            try:
+                return await self._redis("get", key)
+            except REDIS_DOWN as exc:
+                self._mark_down(exc)
+        hit = self._memory.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        self._memory.move_to_end(key)
+        return hit[1]
+
+    async def set(self, track_id: str, value: bytes, ttl_s: int) -> None:
+        key = CACHE_PREFIX + track_id
+        self._memory[key] = (time.monotonic() + ttl_s, value)
+        self._memory.move_to_end(key)
+        while len(self._memory) > self._memory_items:
+            self._memory.popitem(last=False)
+        if self.status == "ok":
+            try:
+                await self._redis("set", key, value, ex=ttl_s)
+            except REDIS_DOWN as exc:
+                self._mark_down(exc)
+
+    async def _redis(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        client = redis.from_url(self.redis_url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s)
+        try:
+            with anyio.fail_after(self.timeout_s * 4):
+                return await getattr(client, command)(*args, **kwargs)
+        finally:
+            await client.aclose()
+
+    def _mark_down(self, exc: BaseException) -> None:
+        log.warning("online track cache: Redis unavailable (%s: %s); using memory for %.0f s",
+                    type(exc).__name__, exc, self.retry_after_s)
+        self._down_until = time.monotonic() + self.retry_after_s
+
+
+def track_from_spotify(raw: dict[str, Any], genres: list[str], features: dict[str, float] | None,
+                       features_from: FeaturesFrom) -> OnlineTrack:
+    artists = [a.get("name") or "" for a in raw.get("artists") or [] if a]
+    duration = raw.get("duration_ms")
+    popularity = raw.get("popularity")
+    return OnlineTrack(
+        id=raw["id"], name=raw.get("name") or "", artists=[a for a in artists if a],
+        album=((raw.get("album") or {}).get("name") or ""),
+        popularity=int(popularity) if isinstance(popularity, (int, float)) else None,
+        explicit=bool(raw.get("explicit")), duration_ms=int(duration) if isinstance(duration, (int, float)) else None,
+        genres=genres, features=features, features_from=features_from, fetched_at=time.time(),
+    )
+
+
+class OnlineService:
+    """Lookups of ids outside the catalog; one per app, created on first use."""
+
+    def __init__(self, client: SpotifyClient, cache: TrackCache, *, max_concurrency: int = 4) -> None:
+        self.client = client
+        self.cache = cache
+        self._max_concurrency = max_concurrency
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def lookup(self, track_id: str) -> OnlineTrack:
+        """The track from the cache or Spotify; SpotifyNotFound, SpotifyUnavailable (incl. rate limits)
+        or SpotifyAuthError otherwise."""
+        if not TRACK_ID.fullmatch(track_id):
+            raise SpotifyNotFound(f"{track_id!r} is not a Spotify track id")
+        cached = await self.cache.get(track_id)
+        if cached == NOT_FOUND:
+            raise SpotifyNotFound(f"Spotify has no track {track_id!r} (cached answer)")
+        if cached is not None:
+            try:
+                return _DECODE.decode(cached)
+            except msgspec.DecodeError:
+                log.warning("online track cache: unreadable entry for %s, refetching", track_id)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_concurrency)
+        try:
+            track = await anyio.to_thread.run_sync(self._fetch, track_id, limiter=self._limiter)
+        except SpotifyNotFound:
+            await self.cache.set(track_id, NOT_FOUND, 3600)
+            raise
+        await self.cache.set(track_id, _ENCODE.encode(track), SHORT_TTL_S if track.features_from == "unavailable" else TTL_S)
+        return track
+
+    def _fetch(self, track_id: str) -> OnlineTrack:
+        raw = self.client.track(track_id)
+        try:
+            answer = self.client.audio_features([track_id])
+            features = answer.by_id.get(track_id)
+            features_from: FeaturesFrom = "forbidden" if answer.forbidden else ("spotify" if features else "missing")
+        except SpotifyUnavailable as exc:
+            log.warning("audio features for %s unavailable now: %s", track_id, exc)
+            features, features_from = None, "unavailable"
+        genres: list[str] = []
+        first = next((a.get("id") for a in raw.get("artists") or [] if a and a.get("id")), None)
+        if first:
+            try:
+                genres = list((self.client.artists([first]).get(first) or {}).get("genres") or [])
+            except SpotifyError as exc:  # genres are a nicety: the page works without them
+                log.info("artist genres for %s unavailable: %s", track_id, exc)
+        return track_from_spotify(raw, genres, features, features_from)
+
+
+def online_service(state: Any) -> OnlineService | None:
+    """The app's OnlineService (created on first use, or the one a test put in ``state.online``);
+    None unless ``settings.mode`` is "online"."""
+    existing = state.get("online")
+    if existing is not None:
+        return existing
+    settings = state.settings
+    if getattr(settings, "mode", "offline") != "online":
+        return None
+    config = SpotifyConfig(
+        client_id=settings.spotipy_client_id or "", client_secret=settings.spotipy_client_secret or "",
+        api_url=getattr(settings, "spotify_api_url", None) or DEFAULT_API_URL,
+        token_url=getattr(settings, "spotify_token_url", None) or DEFAULT_TOKEN_URL,
+        timeout_s=3.0, max_attempts=3, backoff_s=0.25, max_wait_s=2.0,  # a page waits seconds, not minutes
+    )
+    service = OnlineService(SpotifyClient(config), TrackCache(settings.redis_url, timeout_s=settings.redis_timeout_s))
+    state.online = service
+    return service
+
+
+# -- placing an outside track among the catalog's ------------------------------------------------
+
+class Encoder:
+    """The version's saved scaler + encoder, for one new feature vector at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        import torch
+
+        from musicrec.models.autoencoder import AutoEncoder
+        from musicrec.models.scaler import StandardScaler
+
+        artifacts = engine.artifacts
+        self.features = list(artifacts.manifest.features)
+        self.medians = dict(artifacts.scaler.get("medians") or {})
+        self.scaler = StandardScaler.from_dict(artifacts.scaler)
+        model = AutoEncoder(n_features=len(self.features), latent_dim=artifacts.manifest.dim)
+        model.load_state_dict(torch.load(artifacts.path / "model.pth", map_location="cpu", weights_only=True))
+        model.eval()
+        self.model = model
+        self._lock = threading.Lock()
+
+    def encode(self, values: dict[str, float]) -> np.ndarray:
+        """L2-normalised float32 embedding; missing features imputed as the catalog was."""
+        from musicrec.models.autoencoder import embed
+
+        raw = np.asarray([impute_features(values, self.medians, self.features)], dtype=np.float64)
+        with self._lock:
+            return embed(self.model, self.scaler.transform(raw))[0]
+
+
+_encoders: "weakref.WeakKeyDictionary[Engine, Encoder]" = weakref.WeakKeyDictionary()
+_songs: "weakref.WeakKeyDictionary[Engine, dict[str, int]]" = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+
+
+def encoder_for(engine: Engine) -> Encoder:
+    with _cache_lock:
+        encoder = _encoders.get(engine)
+        if encoder is None:
+            encoder = _encoders[engine] = Encoder(engine)
+        return encoder
+
+
+def _song_key(name: str, artist: str) -> str:
+    return f"{name.casefold().strip()}\x1f{artist.casefold().strip()}"
+
+
+def same_song_row(engine: Engine, name: str, artist: str) -> int | None:
+    """A catalog row with the same name and first artist (another release of the song), most popular."""
+    with _cache_lock:
+        index = _songs.get(engine)
+        if index is None:
+            t = engine.tracks
+            index = {}
+            for row in np.argsort(-t.popularity.astype(np.int32), kind="stable").tolist():
+                index.setdefault(_song_key(t.name[row], t.artist[row]), row)
+            _songs[engine] = index
+    return index.get(_song_key(name, artist))
+
+
+def recommend_from_vector(engine: Engine, vector: np.ndarray, k: int) -> list[Hit]:
+    """The k catalog songs nearest to an outside vector: an ANN search, then exact cosine, one
+    listing per song. A single-seed ``Recommender`` query without the seed's artist/album links,
+    which an outside track has none of in the catalog."""
+    rec = engine.recommender
+    query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+    depth = max(rec.params.min_depth, 4 * k)
+    _, ann = rec.index.search(query, min(depth, rec.n))
+    rows = np.unique(ann[ann >= 0]).astype(np.int64)
+    if not len(rows):
+        return []
+    scores = np.asarray(engine.artifacts.embeddings).take(rows, axis=0) @ query[0]
+    order = np.argsort(-scores, kind="stable")
+    keys = engine.tracks.song_key.take(rows[order])
+    _, first = np.unique(keys, return_index=True)
+    best = order[np.sort(first)][:k]
+    return [Hit(int(rows[i]), float(scores[i]), -1) for i in best]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an outside track sits: its features (and where they came from) and its neighbours."""
+
+    features: dict[str, float] | None
+    source: Literal["spotify", "catalog", "none"]
+    catalog_row: int | None
+    hits: list[Hit]
+
+
+def place(engine: Engine, track: OnlineTrack, k: int) -> Placement:
+    """Features from Spotify (encoded here), else the same song's in the catalog, else none."""
+    same = same_song_row(engine, track.name, track.artists[0]) if track.artists else None
+    if track.features:
+        try:
+            vector = encoder_for(engine).encode(track.features)
+        except ValueError as exc:  # a feature this version cannot impute: place it as if it had none
+            log.warning("cannot embed %s with %s: %s", track.id, engine.model_version, exc)
+        else:
+            return Placement(track.features, "spotify", same, recommend_from_vector(engine, vector, k))
+    if same is not None:
+        t = engine.tracks
+        features = {n: float(v) for n, v in zip(t.feature_names, t.features[same].tolist())}
+        return Placement(features, "catalog", same, engine.recommender.recommend(Query(seeds=[Seed(same, 1.0)], k=k)))
+    return Placement(None, "none", None, [])

@@ -1,0 +1,1 @@
+"""The server-rendered web UI: pages, charts, templates and static assets."""
