@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from musicrec.index.catalog import TrackTable
+from musicrec.index.catalog import TrackTable, _song_titles, song_title
 
 FEATURES = ["danceability"]
 # Strings that exercise the table's string work: its separators, casefold, strip and empties.
@@ -92,3 +92,41 @@ def test_lookups_of_another_table_are_refused() -> None:
     broken["search_text__data"] = np.full_like(broken["search_text__data"], 0xFF)
     with pytest.raises(ValueError, match="search_text is not valid text"):
         TrackTable.from_frame(small, FEATURES, broken)
+
+
+@pytest.mark.parametrize("listing, song", [
+    ("Bohemian Rhapsody - Remastered 2011", "Bohemian Rhapsody"),
+    ("Under Pressure - 2011 Remaster", "Under Pressure"),
+    ("Yesterday - Remastered", "Yesterday"),
+    ("Song (2011 Remaster)", "Song"),
+    ("Hey Ya! - Radio Edit", "Hey Ya!"),
+    ("Hey Ya! - Radio Mix", "Hey Ya!"),
+    ("Hello - Edit", "Hello"),
+    ("Help! - Single Version / Mono", "Help!"),
+    ("Tusk - Stereo", "Tusk"),
+    ("Levels - Original Mix", "Levels"),
+    ("Stay (feat. Justin Bieber)", "Stay"),
+    ("Stay [ft. Someone]", "Stay"),
+    ("Tango (with Leopoldo Federico y Su Orquesta)", "Tango"),
+    ("A - B - Remastered", "A - B"),
+    # Other recordings, or words that only contain a keyword, keep their title.
+    ("Bohemian Rhapsody - Live Aid", "Bohemian Rhapsody - Live Aid"),
+    ("Song - Remix", "Song - Remix"),
+    ("Song - Acoustic", "Song - Acoustic"),
+    ("Song - Monologue", "Song - Monologue"),
+    ("Edit Me", "Edit Me"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_a_song_title_without_its_listing_suffix(listing: str, song: str) -> None:
+    assert song_title(listing) == song
+    assert _song_titles(pa.array([listing], type=pa.large_string())).to_pylist() == [song]
+
+
+def test_remastered_and_featuring_listings_share_the_songs_key() -> None:
+    table = TrackTable.from_frame(_frame([
+        ("Bohemian Rhapsody", "Queen", "Queen", "OST", "rock", 75),
+        ("Bohemian Rhapsody - Remastered 2011", "Queen", "Queen", "A Night At The Opera", "rock", 82),
+        ("Bohemian Rhapsody", "Hayseed Dixie", "Hayseed Dixie", "Killer Grass", "bluegrass", 22),
+        ("Bohemian Rhapsody - Live Aid", "Queen", "Queen", "Live", "rock", 60),
+    ]), FEATURES)
+    keys = table.song_key.tolist()
+    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3

@@ -6,6 +6,7 @@ candidates work without scanning the catalog.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -48,6 +49,34 @@ def casefold_strip(arr: pa.Array) -> pa.Array:
         fixed = [v.casefold().strip() for v in pc.filter(arr, other).to_pylist()]
         out = pc.replace_with_mask(out, other, pa.array(fixed, type=pa.large_string()))
     return out
+
+
+# Listings of one song under another title: "(feat. …)", "- Remastered 2011", "- Radio Edit", …
+# Stripped from the name before the song key is made, so they count as one song; live versions,
+# remixes and acoustic takes are other recordings and keep their own key. The patterns are in the
+# syntax Python's re and Arrow's RE2 share, so both spellings of ``song_title`` agree.
+_TITLE_SUFFIXES = (
+    r"(?i)\s*[\(\[](?:feat\.?|ft\.?|featuring|with)\s[^\)\]]*[\)\]]",
+    r"(?i)\s*[\(\[][^\)\]]*remaster[^\)\]]*[\)\]]",
+    r"(?i)\s+-\s+[^-]*\b(?:remaster\w*|radio edit|radio version|radio mix|single version|album version|mono"
+    r"|stereo|original mix|bonus track)\b[^-]*$",
+    r"(?i)\s+-\s+edit$",
+)
+_TITLE_PATTERNS = tuple(re.compile(p) for p in _TITLE_SUFFIXES)
+
+
+def song_title(name: str) -> str:
+    """The song a listing's name is of: ``name`` without the suffixes above."""
+    for pattern in _TITLE_PATTERNS:
+        name = pattern.sub("", name)
+    return name
+
+
+def _song_titles(names: pa.Array) -> pa.Array:
+    """``song_title`` for every name, in Arrow."""
+    for pattern in _TITLE_SUFFIXES:
+        names = pc.replace_substring_regex(names, pattern, "")
+    return names
 
 
 def _first_seen_codes(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -137,7 +166,7 @@ class TrackTable:
     features: np.ndarray     # (n, f) float32 raw (imputed) values
     feature_names: tuple[str, ...]
     row_of: dict[str, int] = field(repr=False)
-    song_key: np.ndarray = field(repr=False)          # int32: same (name, first artist) → same key
+    song_key: np.ndarray = field(repr=False)          # int32: same (song_title(name), first artist) → same key
     genre_rows: dict[str, np.ndarray] = field(repr=False)
     artist_rows: dict[str, np.ndarray] = field(repr=False)  # most popular first
     album_rows: dict[str, np.ndarray] = field(repr=False)  # key "artist\x1falbum": album names repeat across artists
@@ -207,7 +236,8 @@ class TrackTable:
         )
         if lookups is not None:
             return cls(**columns, **_unpack_lookups(lookups, len(ids)))
-        song = pc.binary_join_element_wise(casefold_strip(text["name"]), casefold_strip(text["artist"]), SEP)
+        song = pc.binary_join_element_wise(casefold_strip(_song_titles(text["name"])), casefold_strip(text["artist"]),
+                                           SEP)
         song_key, _ = _first_seen_codes(song)
         album_key, album_codes, album_keys = _album_keys(text, coded)
         priority = popularity.astype(np.int64)

@@ -32,6 +32,7 @@ from musicrec.data.spotify import (
     SpotifyUnavailable,
 )
 from musicrec.data.schema import impute_features
+from musicrec.index.catalog import song_title
 from musicrec.index.recommend import Hit, Query, Seed
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def encoder_for(engine: Engine) -> Encoder:
 
 
 def _song_key(name: str, artist: str) -> str:
-    return f"{name.casefold().strip()}\x1f{artist.casefold().strip()}"
+    return f"{song_title(name).casefold().strip()}\x1f{artist.casefold().strip()}"
 
 
 def same_song_row(engine: Engine, name: str, artist: str) -> int | None:
