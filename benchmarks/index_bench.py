@@ -55,7 +55,7 @@ DEPTH = 64            # what the scorer asks per seed for 20 seeds / 20 exclusio
 TRUTH_POOL = 512      # brute-force candidates kept for the exact answer (checked, see _truth)
 EF_SEARCH = (16, 32, 64, 128)
 NPROBE = (2, 4, 8, 16, 32)
-PURE = ScoringParams(artist_weight=0.0)
+PURE = ScoringParams().content_only()
 SERVICE = ScoringParams()
 Search = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 

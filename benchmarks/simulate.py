@@ -8,10 +8,12 @@ real scenes are made of artists, and features cannot tell which scene an artist 
 listener has one or two favourite scenes; each session picks one and plays tracks from it, and
 now and then is served a track from elsewhere, which it views and skips.
 
-The claim tested: a model rebuilt with ``--events`` finds a new listener's next in-scene track
-(recall@20, max-similarity over the session so far, the service's own scorer with
-artist_weight=0) more often than the content-only model. New listeners, new sessions, drawn
-after both models were built: nothing of them was trained on.
+The claim tested: a version rebuilt with ``--events`` (its co-listening table and the blend
+its build chose) continues a new listener's session better than the content-only version:
+Recall@50 and R-precision of the session's later plays from its first ones, answered by each
+version's own scorer and blend, as the service would. New listeners, new sessions, drawn after
+both versions were built: nothing of them was learnt from. This tests the loop's mechanics;
+the figure of merit is benchmarks/quality.py on real playlists.
 
 Events reach the event log one of three ways: through the real service (POST /events, captured
 where the service publishes them; ``--service``), through the service *and* Kafka, read back by
@@ -35,14 +37,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import pyarrow as pa
+
 from musicrec.data.events import Event
 from musicrec.data.loader import Catalog
-from musicrec.index.artifacts import load_artifacts
-from musicrec.index.catalog import TrackTable
-from musicrec.indexer.cotrain import (
-    CotrainConfig, Session, next_track_hit_rate, next_track_queries, sample_queries, sessions_from_events,
-)
-from musicrec.indexer.event_dataset import EVENT_COLUMNS, read_events, write_events
+from musicrec.index.engine import Engine
+from musicrec.indexer.blend import BlendConfig, Continuation, continuation_queries, score_blend
+from musicrec.indexer.colisten import ColistenConfig, sessions_from_log
+from musicrec.indexer.event_dataset import EVENT_COLUMNS, SCHEMA, read_events, write_events
 from musicrec.indexer.pipeline import BuildOptions, build_version
 from musicrec.models.scaler import StandardScaler
 
@@ -87,7 +89,6 @@ class SimulationConfig:
     listeners: ListenerConfig = ListenerConfig()
     new_listeners: int = 300
     epochs: int = 10                  # content autoencoder epochs
-    cotrain: CotrainConfig = CotrainConfig()
     seed: int = 42
     threads: int | None = None        # torch threads for both builds; None: the trainers' defaults
 
@@ -155,10 +156,15 @@ def simulate_events(world: World, config: ListenerConfig, *, seed: int, client_p
     return events
 
 
-def events_frame(events: Sequence[Event]) -> pd.DataFrame:
-    """The frame ``read_events`` would return for these events (for evaluating without a disk round trip)."""
-    frame = pd.DataFrame([{c: getattr(e, c) for c in EVENT_COLUMNS} for e in events], columns=list(EVENT_COLUMNS))
-    return frame.sort_values(["client_id", "ts"], kind="stable", ignore_index=True)
+def events_table(events: Sequence[Event]) -> pa.Table:
+    """The table ``read_log_table`` would return for these events (for evaluating without a disk round trip)."""
+    return pa.table({c: [getattr(e, c) for e in events] for c in EVENT_COLUMNS}, schema=SCHEMA)
+
+
+def session_queries(events: Sequence[Event], track_ids: np.ndarray) -> list[Continuation]:
+    """Every session of ``events`` with enough plays, as a continuation query (as the build makes them)."""
+    sessions = sessions_from_log(events_table(events), track_ids, ColistenConfig())
+    return continuation_queries(sessions, BlendConfig(max_queries=10**9))
 
 
 # -- getting events into the log ----------------------------------------------------------------
@@ -255,38 +261,32 @@ def record_events(events: Sequence[Event], out: Path, *, serving: Path | None = 
 
 # -- the experiment -----------------------------------------------------------------------------
 
-def heldout_recall(version: Path, events: Sequence[Event], config: CotrainConfig) -> dict[str, float | None]:
-    """Next-track recall@k of a built version on ``events``' sessions (every one of them held out)."""
-    artifacts = load_artifacts(version)
-    tracks: TrackTable = artifacts.tracks
-    sessions, _ = sessions_from_events(events_frame(events), tracks.row_of, config.session_gap_s)
-    return next_track_hit_rate(np.asarray(artifacts.embeddings), tracks, sessions, k=config.k, context=config.context,
-                               max_queries=config.max_eval_queries, seed=config.seed)
+def continuation(version: Path, queries: Sequence[Continuation]) -> dict[str, float]:
+    """Recall@50 and R-precision of a built version, with the blend its manifest names, on ``queries``."""
+    return score_blend(Engine.load(version).recommender, queries)
 
 
-def scene_oracle_recall(world: World, sessions: Sequence[Session], config: CotrainConfig) -> float | None:
-    """The best a recommender can expect without reading minds: it knows the hidden scene and
-    picks k of its tracks not yet seen in the session at random. Same queries as the models'.
-    """
-    queries = sample_queries(next_track_queries(sessions, config.context), config.max_eval_queries, config.seed)
+def scene_oracle(world: World, queries: Sequence[Continuation]) -> float | None:
+    """The best Recall@50 to expect without reading minds: the hidden scene is known, and 50 of its
+    tracks not among the seeds are picked at random. Same queries as the versions'."""
     if not queries:
         return None
     expected = []
-    for prefix, target in queries:
-        seen = {row for _, row in prefix}
-        left = int(np.count_nonzero(~np.isin(world.members[world.scene[target]], list(seen))))
-        expected.append(min(1.0, config.k / max(left, 1)))
+    for q in queries:
+        members = world.members[world.scene[q.targets[0]]]
+        left = int(np.count_nonzero(~np.isin(members, q.seeds)))
+        expected.append(min(1.0, 50 / max(left, 1)))
     return float(np.mean(expected))
 
 
 @dataclass(frozen=True)
 class SimulationReport:
     oracle_recall: float | None
-    content_recall: float | None
-    events_recall: float | None
-    queries: int
+    content: dict[str, float]          # the content-only version on the new sessions
+    with_events: dict[str, float]      # the version rebuilt with the events
     events_written: int
     build_report: dict[str, Any]       # the events build's manifest.events
+    scoring: dict[str, float | None]   # the blend the events build chose
     content_seconds: float
     events_seconds: float
 
@@ -294,15 +294,15 @@ class SimulationReport:
         b = self.build_report
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         rows = [
-            f"{'model':<28}{'new-session recall@20':>22}{'build held-out hit@20':>23}{'build s':>9}",
-            f"{'scene oracle (best expected)':<28}{fmt(self.oracle_recall):>22}{'':>23}{'':>9}",
-            f"{'content only':<28}{fmt(self.content_recall):>22}{fmt(b.get('heldout_before')):>23}"
+            f"{'version':<30}{'Recall@50':>10}{'R-precision':>12}{'build s':>9}",
+            f"{'scene oracle (best expected)':<30}{fmt(self.oracle_recall):>10}",
+            f"{'content only':<30}{fmt(self.content['recall@50']):>10}{fmt(self.content['r_precision']):>12}"
             f"{self.content_seconds:>9.1f}",
-            f"{'rebuilt with --events':<28}{fmt(self.events_recall):>22}{fmt(b.get('heldout_after')):>23}"
-            f"{self.events_seconds:>9.1f}",
-            f"new-session queries: {self.queries}; events in the log: {self.events_written}; "
-            f"build: {b.get('sessions')} sessions, {b.get('positive_pairs')} co-listened / {b.get('skip_pairs')} "
-            f"skip pairs, {b.get('heldout_queries')} held-out queries; {b.get('reason')}",
+            f"{'rebuilt with --events':<30}{fmt(self.with_events['recall@50']):>10}"
+            f"{fmt(self.with_events['r_precision']):>12}{self.events_seconds:>9.1f}",
+            f"new-session queries: {self.content['queries']}; events in the log: {self.events_written}; build: "
+            f"{b.get('sessions')} sessions, {b.get('plays')} plays, {b.get('skips')} skips, "
+            f"{b.get('heldout_queries')} held-out queries; blend {self.scoring} ({b.get('chosen_by')})",
         ]
         return "\n".join(rows)
 
@@ -324,19 +324,15 @@ def run(config: SimulationConfig, workdir: Path, *, catalog: Catalog | None = No
     written = record_events(training, log_dir, serving=content.path if (via_service or kafka_bootstrap) else None,
                             kafka_bootstrap=kafka_bootstrap, topic=topic, group_id=f"simulate-{time.time_ns()}")
     started = time.perf_counter()
-    tuning = replace(config.cotrain, threads=config.cotrain.threads or config.threads)
-    rebuilt = build_version(catalog, replace(base, events=log_dir, cotrain=tuning), out=workdir / "with-events")
+    rebuilt = build_version(catalog, replace(base, events=log_dir), out=workdir / "with-events")
     events_seconds = time.perf_counter() - started
     fresh = simulate_events(world, replace(config.listeners, listeners=config.new_listeners),
                             seed=config.seed + 1_000_003, client_prefix="new",
                             start_ts=START_TS + 30 * DAY_S)
-    fresh_sessions, _ = sessions_from_events(events_frame(fresh), load_artifacts(content.path).tracks.row_of,
-                                             config.cotrain.session_gap_s)
-    oracle = scene_oracle_recall(world, fresh_sessions, config.cotrain)
-    before = heldout_recall(content.path, fresh, config.cotrain)
-    after = heldout_recall(rebuilt.path, fresh, config.cotrain)
-    return SimulationReport(oracle, before["hit_rate"], after["hit_rate"], int(before["queries"] or 0), written,
-                            dict(rebuilt.manifest.events), content_seconds, events_seconds)
+    queries = session_queries(fresh, world.track_ids)
+    return SimulationReport(scene_oracle(world, queries), continuation(content.path, queries),
+                            continuation(rebuilt.path, queries), written, dict(rebuilt.manifest.events),
+                            dict(rebuilt.manifest.scoring), content_seconds, events_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listeners", type=int, default=d.listeners.listeners, help="listeners whose events are trained on")
     p.add_argument("--new-listeners", type=int, default=d.new_listeners, help="fresh listeners scored afterwards")
     p.add_argument("--epochs", type=int, default=d.epochs, help="content autoencoder epochs")
-    p.add_argument("--tune-epochs", type=int, default=d.cotrain.epochs, help="fine-tune epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, help="torch threads (default: the trainers' own choice)")
     where = p.add_mutually_exclusive_group()
@@ -362,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = SimulationConfig(tracks=args.tracks, scenes=args.scenes, content_share=args.content_share,
                               listeners=ListenerConfig(listeners=args.listeners), new_listeners=args.new_listeners,
-                              epochs=args.epochs, cotrain=CotrainConfig(epochs=args.tune_epochs, seed=args.seed),
-                              seed=args.seed, threads=args.threads)
+                              epochs=args.epochs, seed=args.seed, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="simulate-") as tmp:
         workdir = args.workdir or Path(tmp)
         started = time.perf_counter()

@@ -65,7 +65,7 @@ async def test_new_listener_gets_a_cookie_and_popular_tracks(demo_artifacts: Pat
         items = response.json()
         assert len(items) == 12 and all(set(i) >= {"id", "name", "artist", "genre", "popularity"} for i in items)
         assert len({i["genre"] for i in items}) >= 8  # spread across genres
-        assert all(i["because"] is None for i in items)
+        assert all(i["because"] is None and i["reason"] == "popular" for i in items)
         # The cookie names the session from then on.
         await fresh.post("/events", json={"type": "track_view", "track_id": items[0]["id"]})
         session = (await fresh.get("/api/session")).json()
@@ -121,7 +121,9 @@ async def test_playlist_continuation(client: AsyncTestClient, catalog) -> None:
     assert body["unknown_ids"] == ["not-a-track"] and body["model_version"]
     assert len(body["items"]) == 15 and not {i["id"] for i in body["items"]} & set(ids)
     assert all(i["because"] in ids for i in body["items"])
-    assert set(body["items"][0]) == {"id", "name", "artist", "album", "genre", "popularity", "score", "because"}
+    assert set(body["items"][0]) == {"id", "name", "artist", "album", "genre", "popularity", "score", "because",
+                                     "reason"}
+    assert {i["reason"] for i in body["items"]} <= {"same artist", "sounds like"}  # no co-listening table here
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
 

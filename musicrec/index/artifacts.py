@@ -22,8 +22,11 @@ import faiss
 import msgspec
 import numpy as np
 
+from musicrec.index import colisten
 from musicrec.index.catalog import TrackTable
+from musicrec.index.colisten import ColistenTable
 from musicrec.index.faiss_index import load_index
+from musicrec.index.recommend import ScoringParams
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,7 +39,7 @@ CURRENT = "current"
 NEIGHBOURS = "neighbours.npy"
 TRACK_LOOKUPS = "track_lookups.npz"  # the track table's derived lookups (TrackTable.lookup_arrays)
 DATA_FILES = (MODEL, SCALER, EMBEDDINGS, INDEX, TRACKS)
-OPTIONAL_FILES = (NEIGHBOURS, TRACK_LOOKUPS)  # checked like the others when the manifest lists them
+OPTIONAL_FILES = (NEIGHBOURS, TRACK_LOOKUPS, *colisten.FILES)  # checked like the others when the manifest lists them
 
 
 class ArtifactError(Exception):
@@ -72,7 +75,9 @@ class Manifest(msgspec.Struct, kw_only=True):
     format_version: int = FORMAT_VERSION
     training: dict[str, Any] = msgspec.field(default_factory=dict)
     events: dict[str, Any] = msgspec.field(default_factory=dict)
-    """The fine-tune on listener events (musicrec/indexer/cotrain.py); empty for a content-only build."""
+    """What the build made of the event log (musicrec/indexer/blend.py); empty for a content-only build."""
+    scoring: dict[str, float | None] = msgspec.field(default_factory=dict)
+    """The blend the service scores with (``ScoringParams.BLEND``), as the build chose it; empty: defaults."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -159,6 +164,7 @@ class Artifacts:
     tracks: TrackTable
     scaler: dict[str, Any]
     neighbours: np.ndarray | None = None  # (n, width) int32, memory-mapped: every track's ANN answer
+    colisten: ColistenTable | None = None  # memory-mapped: every track's co-listened tracks
 
     @property
     def model_version(self) -> str:
@@ -187,6 +193,10 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         scaler = json.loads((version_dir / SCALER).read_text())
         neighbours = (np.load(version_dir / NEIGHBOURS, mmap_mode="r", allow_pickle=False)
                       if NEIGHBOURS in listed else None)
+        with_colisten = [name in listed for name in colisten.FILES]
+        if any(with_colisten) and not all(with_colisten):
+            raise ArtifactError(f"{version_dir}: the manifest lists only some of {', '.join(colisten.FILES)}")
+        table = ColistenTable.load(version_dir, manifest.n_tracks) if all(with_colisten) else None
     except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{version_dir}: cannot read artefacts: {exc}") from exc
     expected = (manifest.n_tracks, manifest.dim)
@@ -202,4 +212,8 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         raise ArtifactError(f"{version_dir}: scaler features {scaler.get('features')} differ from the manifest's")
     if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != manifest.n_tracks):
         raise ArtifactError(f"{version_dir}: neighbour table {neighbours.shape}, manifest says {manifest.n_tracks} rows")
-    return Artifacts(version_dir, manifest, embeddings, index, tracks, scaler, neighbours)
+    try:
+        ScoringParams().with_blend(manifest.scoring)
+    except ValueError as exc:
+        raise ArtifactError(f"{version_dir / MANIFEST}: {exc}") from exc
+    return Artifacts(version_dir, manifest, embeddings, index, tracks, scaler, neighbours, table)

@@ -42,8 +42,9 @@ class Engine:
     def load(cls, path: str | Path, params: ScoringParams = ScoringParams(), *, verify: bool = True) -> "Engine":
         started = time.perf_counter()
         artifacts = load_artifacts(path, verify=verify)
+        params = params.with_blend(artifacts.manifest.scoring)  # checked by load_artifacts
         engine = cls(artifacts, Recommender(artifacts.embeddings, artifacts.index, artifacts.tracks, params,
-                                            neighbours=artifacts.neighbours),
+                                            neighbours=artifacts.neighbours, colisten=artifacts.colisten),
                      Browser(artifacts.tracks), 0.0)
         elapsed = time.perf_counter() - started
         object.__setattr__(engine, "loaded_in_s", elapsed)

@@ -1,30 +1,44 @@
-"""Max-similarity scoring over per-seed ANN candidates (the heart of "what next?").
+"""Hybrid scoring over per-seed candidates (the heart of "what next?").
 
-score(c) = max over seeds s of  w(s) · (cos(s, c) + artist_weight · a(s, c))
+x(s, c) = cos(s, c) + artist_weight · a(s, c) + colisten_weight · l(s, c)
+score(c) = M_p over seeds s of w(s) · x(s, c)  +  popularity_weight · popularity(c) / 100
            − skip_penalty · max(0, max over skipped n of cos(n, c))
 
-w(s) grows for likes and decays with the seed's age in the session; a(s, c) is 1 for
-the same album, ``artist_share`` for a shared artist, else 0. Taking the maximum (not
-the mean) over seeds keeps a varied playlist varied: a candidate only has to be close
-to *one* seed. ``because`` is the seed that attains the maximum.
+cos is audio similarity (the autoencoder's embedding); a(s, c) is 1 for the same album,
+``artist_share`` for a shared artist, else 0; l(s, c) is the co-listening weight of the pair
+(``musicrec.index.colisten``, built from the event log; 0 without one). w(s) grows for likes
+and decays with the seed's age in the session.
 
-Everything here is vectorised numpy over a few thousand candidates; the catalog is
-only scanned in full when filters leave too few ANN hits (exact fallback).
+M_p is the power mean over seeds, ``(mean_s v_s^p)^(1/p)``: p = ∞ is the maximum, where a
+candidate only has to be close to *one* seed (a varied playlist stays varied), p = 1 the mean,
+where agreement between seeds counts. Which serves listeners better is measured, not assumed:
+the build chooses p and the weights on held-out sessions of the log and writes them to the
+manifest (``musicrec.indexer.blend``); without a log the defaults below, measured the same way
+on the dev playlists (benchmarks/quality.py), apply. ``because`` is the seed that gives the
+candidate its largest term, and ``reason`` says what linked them.
+
+Candidates are each seed's ANN neighbours, its artists' tracks and its co-listened tracks;
+everything is vectorised numpy over a few thousand of them, and the catalog is only scanned
+in full when filters leave too few hits (exact fallback).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
 
 from musicrec.index.catalog import TrackTable
+from musicrec.index.colisten import ColistenTable
 
 log = logging.getLogger(__name__)
 
 VIEW, SKIP, LIKE = "track_view", "skip", "like"
+CO_LISTENED, SAME_ARTIST, SOUNDS_LIKE, POPULAR = "co-listened", "same artist", "sounds like", "popular"
+REASONS = (CO_LISTENED, SAME_ARTIST, SOUNDS_LIKE, POPULAR)
 
 
 @dataclass(frozen=True)
@@ -33,11 +47,43 @@ class ScoringParams:
     view_weight: float = 0.8
     recency_decay: float = 0.95     # weight × decay**age, age 0 = newest event of the session
     skip_penalty: float = 0.25
-    artist_weight: float = 0.25     # affinity default, from benchmarks/quality.py; 0 = pure content
+    # The blend's defaults, for a version built without events: chosen by musicrec.indexer.blend's
+    # search on the dev playlists (benchmarks/README.md); a build with events chooses its own.
+    artist_weight: float = 1.0      # 0 = no artist/album affinity
     artist_share: float = 0.75      # a(s, c) for a shared artist (same album counts 1.0)
+    colisten_weight: float = 0.0    # l(s, c)'s weight; 0 without a co-listening table
+    popularity_weight: float = 2.0  # the catalog popularity prior
+    seed_power: float = math.inf    # p of the power mean over seeds: inf = max, 1 = mean
     per_artist_candidates: int = 200
     min_depth: int = 64             # ANN hits per seed, at least
     max_rounds: int = 3             # deeper ANN rounds before the exact fallback
+
+    BLEND = ("artist_weight", "colisten_weight", "popularity_weight", "seed_power")
+    """The fields a build may choose and write to its manifest (``scoring``)."""
+
+    def content_only(self) -> "ScoringParams":
+        """Audio similarity alone, max over seeds: no artist, co-listening or popularity term."""
+        return replace(self, artist_weight=0.0, colisten_weight=0.0, popularity_weight=0.0, seed_power=math.inf)
+
+    def with_blend(self, blend: Mapping[str, float | None]) -> "ScoringParams":
+        """These params with a manifest's ``scoring`` values; ValueError names a bad one.
+
+        JSON has no infinity (msgspec writes it as null), so None stands for ∞ in ``seed_power``.
+        """
+        known = {f.name for f in fields(self)}
+        values: dict[str, float] = {}
+        for name, value in blend.items():
+            if value is None and name == "seed_power":
+                value = math.inf
+            if name not in self.BLEND or name not in known:
+                raise ValueError(f"scoring.{name} is not a blend parameter ({', '.join(self.BLEND)})")
+            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or \
+                    (math.isinf(value) and name != "seed_power"):
+                raise ValueError(f"scoring.{name} must be a number >= 0, got {value!r}")
+            if name == "seed_power" and value < 1:
+                raise ValueError(f"scoring.seed_power must be >= 1 (inf = max), got {value!r}")
+            values[name] = float(value)
+        return replace(self, **values)
 
 
 @dataclass(frozen=True)
@@ -74,6 +120,7 @@ class Hit:
     row: int
     score: float
     because: int  # seed row, or -1 for cold-start picks
+    reason: str = SOUNDS_LIKE  # one of REASONS: what links ``because`` and this track
 
 
 @dataclass(frozen=True)
@@ -123,13 +170,14 @@ class Recommender:
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
                  params: ScoringParams = ScoringParams(), *, memo: bool = True,
-                 neighbours: np.ndarray | None = None) -> None:
+                 neighbours: np.ndarray | None = None, colisten: ColistenTable | None = None) -> None:
         self.embeddings = embeddings
         self._vectors = np.asarray(embeddings)  # a plain view of a memmap: cheaper to index per request
         self.index = index
         self.tracks = tracks
         self.params = params
         self.n = len(tracks)
+        self.colisten = colisten
         self._memo = None
         if memo and index is not None:
             self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth, table=neighbours)
@@ -149,10 +197,16 @@ class Recommender:
         neg_rows = _unique(np.asarray(query.negatives, dtype=np.int64))
         banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
         artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
+        colisten = None
+        if self.colisten is not None and p.colisten_weight > 0:
+            colisten = _Colisten(*self.colisten.gather(seed_rows))
         ctx = _Context(query, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
                        _unique(self.tracks.song_key.take(banned)), artist_weight,
-                       self._seed_links(seed_rows) if artist_weight > 0 else None)
-        affinity_rows = ctx.links.candidates if ctx.links is not None else np.empty(0, np.int64)
+                       self._seed_links(seed_rows) if artist_weight > 0 else None, colisten)
+        extra = [ctx.links.candidates] if ctx.links is not None else []
+        if colisten is not None:
+            extra.append(colisten.rows)
+        affinity_rows = np.concatenate(extra) if extra else np.empty(0, np.int64)
 
         depth = max(p.min_depth, query.k + len(banned) + 16)
         for _ in range(p.max_rounds):
@@ -198,7 +252,7 @@ class Recommender:
                 break
             size *= 4
         order = order[np.sort(first)][:k]
-        return [Hit(int(r), float(self.tracks.popularity[r]) / 100.0, -1) for r in order]
+        return [Hit(int(r), float(self.tracks.popularity[r]) / 100.0, -1, POPULAR) for r in order]
 
     # -- internals ------------------------------------------------------------------------
     def _score(self, candidates: np.ndarray, ctx: "_Context") -> list[Hit]:
@@ -218,10 +272,16 @@ class Recommender:
         # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
         # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
         per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
-        if ctx.artist_weight > 0:
-            self._add_affinity(per_seed, candidates, ctx.links, ctx.artist_weight)
+        if not math.isinf(p.seed_power):
+            np.maximum(per_seed, 0.0, out=per_seed)  # a power mean needs terms >= 0
+        affinity = self._add_affinity(per_seed, candidates, ctx.links, ctx.artist_weight) \
+            if ctx.artist_weight > 0 else None
+        colisten = self._add_colisten(per_seed, candidates, ctx.colisten, p.colisten_weight) \
+            if ctx.colisten is not None else None
         per_seed *= ctx.weights
-        score = per_seed.max(axis=0)
+        score = _power_mean(per_seed, p.seed_power)
+        if p.popularity_weight > 0:
+            score += (p.popularity_weight / 100.0) * t.popularity.take(candidates)
         if len(ctx.neg_rows):
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
             score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
@@ -232,8 +292,11 @@ class Recommender:
             order = _mmr(vecs, score, order, q.k, q.diversity)
         else:
             order = order[:q.k]
-        because = ctx.seed_rows[per_seed[:, order].argmax(axis=0)].tolist()
-        return [Hit(r, s, b) for r, s, b in zip(candidates[order].tolist(), score[order].tolist(), because)]
+        best_seed = per_seed[:, order].argmax(axis=0)
+        reasons = _reasons(best_seed * len(candidates) + order, colisten, affinity)
+        because = ctx.seed_rows[best_seed].tolist()
+        return [Hit(r, s, b, why) for r, s, b, why in
+                zip(candidates[order].tolist(), score[order].tolist(), because, reasons)]
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         return self._vectors.take(rows, axis=0).astype(np.float32, copy=False)
@@ -289,16 +352,27 @@ class Recommender:
                       np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
                       np.concatenate([links[2] for links in per_seed]))
 
-    def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> None:
+    def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> np.ndarray:
         """per_seed[s, i] += weight · a(s, c_i) for the (seed, candidate) pairs where a ≠ 0.
 
         Only those cells change: adding weight · 0 elsewhere would leave every score as it is,
         so the dense a(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
+        Returns the sorted flat cells (seed · len(candidates) + i) that changed.
         """
         if not len(links.rows) or not len(candidates):
-            return
+            return np.empty(0, np.int64)
         pos, hit = _find(candidates, links.rows)
         per_seed[links.seed[hit], pos[hit]] += weight * links.value[hit]
+        return np.sort(links.seed[hit] * len(candidates) + pos[hit])
+
+    @staticmethod
+    def _add_colisten(per_seed: np.ndarray, candidates: np.ndarray, colisten: "_Colisten", weight: float) -> np.ndarray:
+        """per_seed[s, i] += weight · l(s, c_i) for the seeds' co-listened candidates, as ``_add_affinity``."""
+        if not len(colisten.rows) or not len(candidates):
+            return np.empty(0, np.int64)
+        pos, hit = _find(candidates, colisten.rows)
+        per_seed[colisten.seed[hit], pos[hit]] += weight * colisten.weight[hit]
+        return np.sort(colisten.seed[hit] * len(candidates) + pos[hit])
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
         t = self.tracks
@@ -398,6 +472,15 @@ class _Links:
 
 
 @dataclass(frozen=True)
+class _Colisten:
+    """The seeds' co-listened tracks for one request (``ColistenTable.gather``)."""
+
+    seed: np.ndarray    # int64: the seed (column) each entry belongs to
+    rows: np.ndarray    # int64 co-listened row
+    weight: np.ndarray  # float32 l(s, c)
+
+
+@dataclass(frozen=True)
 class _Context:
     query: Query
     seed_rows: np.ndarray
@@ -408,6 +491,7 @@ class _Context:
     banned_songs: np.ndarray
     artist_weight: float
     links: _Links | None
+    colisten: _Colisten | None = None
 
 
 def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -433,6 +517,27 @@ def _unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
+    """(mean over seeds of v^p)^(1/p) per candidate column: p = inf is the max, 1 the mean."""
+    if math.isinf(power) or len(per_seed) == 1:
+        return per_seed.max(axis=0)
+    if power == 1.0:
+        return per_seed.mean(axis=0)
+    top = per_seed.max(axis=0)
+    scale = np.where(top > 0, top, 1.0).astype(per_seed.dtype)
+    return top * np.power(np.power(per_seed / scale, power).mean(axis=0), 1.0 / power)
+
+
+def _reasons(cells: np.ndarray, colisten: np.ndarray | None, affinity: np.ndarray | None) -> list[str]:
+    """For each chosen (seed, candidate) cell, what linked them: co-listening, then artist, else sound."""
+    out = np.full(len(cells), SOUNDS_LIKE, dtype=object)
+    if affinity is not None and len(affinity):
+        out[_member(cells, affinity)] = SAME_ARTIST
+    if colisten is not None and len(colisten):
+        out[_member(cells, colisten)] = CO_LISTENED
+    return out.tolist()
 
 
 def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--index-type", choices=INDEX_TYPES, default="ivf",
                    help="ivf (default: chosen by benchmarks/index_bench.py, see benchmarks/README.md), hnsw or flat (exact)")
     b.add_argument("--events", type=Path, metavar="DIR",
-                   help="fine-tune on the listener event log in DIR (as written by `consume`) before indexing; "
-                        "with too few co-listened pairs the content-only model is kept and the output says why")
+                   help="learn which tracks listeners play together from the event log in DIR (as written by "
+                        "`consume`), and choose the scoring blend on held-out sessions of it")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     e = sub.add_parser("eval", help="print the quality figures of an artefact set")
@@ -117,22 +118,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"loss: train {m.train_loss:.5f}  validation {m.val_loss:.5f}  epochs {m.epochs} "
           f"(best {m.training['best_epoch']})")
     if m.events:
-        _print_events(m.events)
+        _print_events(m.events, m.scoring)
     _print_metrics(m.metrics)
     print(f"build time: {m.build_seconds:.1f} s")
     return 0
 
 
-def _print_events(report: dict[str, object]) -> None:
-    """The event fine-tune's counts and held-out before/after (manifest.json ``events``)."""
-    shown = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+def _print_events(report: dict[str, object], scoring: dict[str, float | None]) -> None:
+    """What the build learnt from the event log, and the blend it chose (manifest ``events``, ``scoring``)."""
     print(f"events: {report['events_read']} read ({report['events_unknown_track']} about unknown tracks)  "
-          f"clients: {report['clients']}  sessions: {report['sessions']} "
-          f"({report['train_sessions']} training, {report['heldout_sessions']} held out)  "
-          f"pairs: {report['positive_pairs']} co-listened, {report['skip_pairs']} skip")
-    print(f"{'fine-tuned' if report['fine_tuned'] else 'NOT fine-tuned'}: {report['reason']}")
-    print(f"held-out {report['metric']} ({report['heldout_queries']} queries): "
-          f"content-only {shown(report['heldout_before'])}  →  with events {shown(report['heldout_after'])}")
+          f"clients: {report['clients']}  sessions: {report['sessions']}  plays: {report['plays']}  "
+          f"skips: {report['skips']}")
+    print(f"co-listening: {report['tracks_with_colisten']} tracks with co-listened tracks, "
+          f"{report['pairs_kept']} pairs kept")
+    # seed_power is ∞ (max over seeds) in memory and null once written to JSON.
+    blend = "  ".join(f"{k} {'max' if v is None or math.isinf(v) else f'{v:g}'}" for k, v in scoring.items())
+    print(f"scoring blend ({report['chosen_by']}): {blend}")
+    if report["chosen_by"] == "held-out sessions":
+        chosen, without = report["chosen"], report["without_colisten"]
+        print(f"held-out continuation ({report['heldout_queries']} sessions of {report['heldout_clients']} listeners "
+              f"not used for the table; higher is better): Recall@50 {chosen['recall@50']:.4f}, "
+              f"R-precision {chosen['r_precision']:.4f}; without co-listening {without['recall@50']:.4f}, "
+              f"{without['r_precision']:.4f}")
+    else:
+        print(f"  {report['reason']}")
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

@@ -1,15 +1,21 @@
-"""Quality figures for an artefact set: does the embedding keep what the raw features know?
+"""Quality figures: does the embedding keep what the raw features know, and do answers continue playlists?
 
 Genre agreement@k: for sampled tracks, the share of their k nearest neighbours (self
 excluded) that share at least one genre with them. Computed on the 32-d embeddings
 (cosine) and on the standardised raw features (Euclidean), for the same query tracks.
+
+Continuation figures (Recall@50, R-precision): given a playlist's or session's first tracks,
+how many of the rest the answer holds; the build chooses its blend by them and
+benchmarks/quality.py reports them on real playlists.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import faiss
 import numpy as np
 
 from musicrec.index.faiss_index import exact_search
-import faiss
 
 
 def genre_agreement(
@@ -60,3 +66,24 @@ def ann_recall(index: faiss.Index, embeddings: np.ndarray, *, k: int = 20, sampl
     _, found = index.search(queries, k)
     hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found))
     return hits / truth.size
+
+
+def recall_at(answer: Sequence[str], targets: Sequence[str], k: int = 50) -> float:
+    """Share of the targets among the first ``k`` answers (the RecSys Challenge 2018's recall)."""
+    wanted = set(targets)
+    return len(wanted.intersection(answer[:k])) / len(wanted) if wanted else float("nan")
+
+
+def r_precision(answer: Sequence[str], targets: Sequence[str]) -> float:
+    """Share of the targets among the first R answers, R = the number of targets."""
+    wanted = set(targets)
+    return len(wanted.intersection(answer[:len(wanted)])) / len(wanted) if wanted else float("nan")
+
+
+def continuation_figures(answers: Sequence[Sequence[str]], targets: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean Recall@50 and R-precision over continuation queries (answer ids best first, target ids)."""
+    if not answers:
+        return {"recall@50": float("nan"), "r_precision": float("nan"), "queries": 0}
+    return {"recall@50": round(float(np.mean([recall_at(a, t) for a, t in zip(answers, targets)])), 6),
+            "r_precision": round(float(np.mean([r_precision(a, t) for a, t in zip(answers, targets)])), 6),
+            "queries": len(answers)}

@@ -1,9 +1,10 @@
-"""Offline build: catalog → scaler → autoencoder → [event fine-tune] → embeddings → FAISS index → a version on disk.
+"""Offline build: catalog → scaler → autoencoder → embeddings → FAISS index → [co-listening + blend] → a version.
 
-With ``events`` the content autoencoder is fine-tuned on listening sessions (musicrec/indexer/cotrain.py)
-before embedding; the manifest's ``events`` field records what that did. A build into a root
-of versions is checked (it loads as the service would, and its ANN index finds what exact
-search finds) before ``current`` points at it: a bad build must never be served.
+With ``events`` the build also fits the co-listening table from the event log
+(musicrec/indexer/colisten.py) and chooses the service's scoring blend on held-out sessions of
+it (musicrec/indexer/blend.py); the manifest's ``events`` and ``scoring`` fields record both.
+A build into a root of versions is checked (it loads as the service would, and its ANN index
+finds what exact search finds) before ``current`` points at it: a bad build must never be served.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -28,9 +30,11 @@ from musicrec.index.artifacts import (
     finalize_version, load_artifacts, publish, sha256_file, stage_dir,
 )
 from musicrec.index.catalog import TrackTable
+from musicrec.index.colisten import ColistenTable
 from musicrec.index.faiss_index import build_index, factory_string, save_index
-from musicrec.index.recommend import NeighbourMemo, ScoringParams
-from musicrec.indexer.cotrain import CotrainConfig, cotrain
+from musicrec.index.recommend import NeighbourMemo, Recommender, ScoringParams
+from musicrec.indexer.blend import BlendConfig, choose_blend, continuation_queries
+from musicrec.indexer.colisten import ColistenConfig, describe, fit_colisten, sessions_from_log, split_clients
 from musicrec.indexer.evaluate import ann_recall, genre_agreement_report
 from musicrec.indexer.train import TrainConfig, TrainResult, train_autoencoder
 from musicrec.models.autoencoder import embed, reconstruction_mse
@@ -48,13 +52,14 @@ class BuildOptions:
     progress: bool = True
     eval_sample: int = 2000
     events: Path | None = None
-    """A Parquet event log (musicrec/indexer/event_dataset.py) to fine-tune on; None: content only."""
-    cotrain: CotrainConfig | None = None
-    """Fine-tune settings; None: the defaults, with this build's seed."""
+    """A Parquet event log (musicrec/indexer/event_dataset.py) to learn co-listening from; None: content only."""
+    colisten: ColistenConfig = ColistenConfig()
+    blend: BlendConfig | None = None
+    """How the scoring blend is chosen; None: the defaults, with this build's seed."""
     min_ann_recall: float = 0.9
     """A root build is published only if its index's recall@20 against exact search reaches this."""
     threads: int | None = None
-    """Torch threads for training; None: the trainers' defaults (musicrec/indexer/train.py, musicrec/indexer/cotrain.py)."""
+    """Torch threads for training; None: the trainer's default (musicrec/indexer/train.py)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,34 @@ def train_and_embed(catalog: Catalog, options: BuildOptions) -> tuple[StandardSc
     return scaler, scaled, result, embed(result.model, scaled)
 
 
+def learn_from_events(catalog: Catalog, options: BuildOptions, embeddings: np.ndarray, index: faiss.Index,
+                      neighbours: np.ndarray) -> tuple[ColistenTable, dict[str, float], dict[str, Any]]:
+    """The co-listening table of the whole log, the blend chosen on its held-out sessions, and a report.
+
+    The table that chooses is fitted without the held-out clients; the one shipped, on every
+    client (the choice does not depend on the table's size much, and serving wants all of it).
+    """
+    from musicrec.indexer.event_dataset import read_log_table
+
+    started = time.perf_counter()
+    tracks = TrackTable.from_frame(catalog.tracks, catalog.features)
+    config = options.colisten
+    blend_config = options.blend or BlendConfig(seed=options.seed)
+    log_table = read_log_table(options.events, ("type", "track_id", "ts", "client_id"))
+    sessions = sessions_from_log(log_table, tracks.ids, config)
+    del log_table
+    held = split_clients(sessions, blend_config.heldout_fraction, blend_config.seed)
+    choosing = fit_colisten(sessions.subset(~held), len(tracks), config)
+    queries = continuation_queries(sessions.subset(held), blend_config)
+    choice = choose_blend(lambda params: Recommender(embeddings, index, tracks, params, neighbours=neighbours,
+                                                     colisten=choosing), queries, config=blend_config)
+    table = fit_colisten(sessions, len(tracks), config)
+    report = {"path": str(Path(options.events).resolve()), **describe(sessions, table), "colisten": config.to_dict(),
+              "heldout_clients": int(held.sum()), **choice.report,
+              "seconds": round(time.perf_counter() - started, 3)}
+    return table, choice.blend, report
+
+
 def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None = None, root: Path | None = None,
                   replace: bool = False) -> BuildResult:
     """Build one version into ``out``, or into ``root/<model_version>`` and point ``root/current`` at it."""
@@ -123,16 +156,13 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
     created = datetime.now(timezone.utc)
     scaler, scaled, trained, embeddings = train_and_embed(catalog, options)
     model = trained.model
-    events_report: dict[str, Any] = {}
-    if options.events is not None:
-        from musicrec.indexer.event_dataset import read_events
-
-        config = options.cotrain or CotrainConfig(seed=options.seed, threads=options.threads)
-        tracks = TrackTable.from_frame(catalog.tracks, catalog.features)
-        tuned = cotrain(model, scaled, tracks, read_events(options.events), config, content_embeddings=embeddings)
-        model, embeddings = tuned.model, tuned.embeddings
-        events_report = {"path": str(Path(options.events).resolve()), **tuned.report}
     index = build_index(embeddings, options.index_type, seed=options.seed)
+    # Every track's ANN answer, searched now so the service never searches at request time.
+    memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)
+    neighbours = memo.fill(index, embeddings)
+    colisten, scoring, events_report = None, {}, {}
+    if options.events is not None:
+        colisten, scoring, events_report = learn_from_events(catalog, options, embeddings, index, neighbours)
     metrics = {
         "reconstruction_mse": reconstruction_mse(model, scaled),
         **genre_agreement_report(embeddings, scaled, catalog.tracks["genres"].tolist(), sample=options.eval_sample, seed=options.seed),
@@ -147,9 +177,9 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         (staged / SCALER).write_text(json.dumps(scaler_doc, indent=2))
         np.save(staged / EMBEDDINGS, embeddings, allow_pickle=False)
         save_index(index, staged / INDEX)
-        # Every track's ANN answer, searched now so the service never searches at request time.
-        memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)
-        np.save(staged / NEIGHBOURS, memo.fill(index, embeddings), allow_pickle=False)
+        np.save(staged / NEIGHBOURS, neighbours, allow_pickle=False)
+        if colisten is not None:
+            colisten.save(staged)
         catalog.tracks.to_parquet(staged / TRACKS, index=False)
         # The track table's lookups, derived from the file the service reads, so it loads them instead.
         np.savez(staged / TRACK_LOOKUPS, **TrackTable.from_parquet(staged / TRACKS, catalog.features).lookup_arrays())
@@ -179,6 +209,7 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
             training={"best_epoch": trained.best_epoch, "seconds": round(trained.seconds, 3),
                       "history": [[round(t, 6), round(v, 6)] for t, v in trained.history]},
             events=events_report,
+            scoring=scoring,
         )
         manifest.build_seconds = round(time.perf_counter() - started, 3)
         finalize_version(staged, target, manifest, replace=replace)

@@ -72,7 +72,8 @@ def _recommended(engine: Engine, hits: list[Hit]) -> list[RecommendedTrack]:
     t = engine.tracks
     return [RecommendedTrack(id=t.ids[h.row], name=t.name[h.row], artist=t.artist[h.row], album=t.album[h.row],
                              genre=t.genre[h.row], popularity=int(t.popularity[h.row]), score=round(h.score, 6),
-                             because=t.ids[h.because] if h.because >= 0 else None) for h in hits]
+                             because=t.ids[h.because] if h.because >= 0 else None, reason=h.reason)
+            for h in hits]
 
 
 def recommend_tracks(engine: Engine, req: RecommendRequest) -> RecommendResponse:
@@ -98,7 +99,8 @@ def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *,
     ids, names, artists, genres, popularity = t.ids, t.name, t.artist, t.genre, t.popularity
     # Built directly, not via RecommendedTrack (the hot path: one struct per track, not two).
     return [SongRecommendation(ids[h.row], names[h.row], artists[h.row], genres[h.row], int(popularity[h.row]),
-                               round(h.score, 6), ids[h.because] if h.because >= 0 else None) for h in hits]
+                               round(h.score, 6), ids[h.because] if h.because >= 0 else None, h.reason)
+            for h in hits]
 
 
 def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,

@@ -5,7 +5,7 @@ handler runs; handlers only ever see well-typed values.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -33,6 +33,11 @@ class RecommendRequest(Struct, forbid_unknown_fields=True):
     artist_weight: Annotated[float, Meta(ge=0.0, le=10.0)] | None = None
 
 
+Reason = Literal["co-listened", "same artist", "sounds like", "popular"]
+"""Why a track is recommended: listeners played it with ``because``, it shares an artist or album
+with it, it sounds like it (audio features), or (no seed) it is popular."""
+
+
 class RecommendedTrack(Struct):
     id: str
     name: str
@@ -42,6 +47,7 @@ class RecommendedTrack(Struct):
     popularity: int
     score: float
     because: str | None
+    reason: Reason
 
 
 class RecommendResponse(Struct):
@@ -51,7 +57,7 @@ class RecommendResponse(Struct):
 
 
 class SongRecommendation(Struct):
-    """The seed design's contract for /api/songs_recommendations, plus score and because."""
+    """The seed design's contract for /api/songs_recommendations, plus score, because and reason."""
 
     id: str
     name: str
@@ -60,6 +66,7 @@ class SongRecommendation(Struct):
     popularity: int
     score: float
     because: str | None
+    reason: Reason
 
 
 class EventIn(Struct, forbid_unknown_fields=True):

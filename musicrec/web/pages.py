@@ -93,9 +93,10 @@ def card(engine: Engine, row: int, note: str = "") -> Card:
 
 
 def hit_cards(engine: Engine, hits: list[Hit], *, with_because: bool = False) -> list[Card]:
+    """Cards whose note says why each track is there (its reason, and with ``with_because`` its seed)."""
     t = engine.tracks
-    return [card(engine, h.row, f"because you played {t.name[h.because]}" if with_because and h.because >= 0 else "")
-            for h in hits]
+    return [card(engine, h.row, f"{h.reason} · because you played {t.name[h.because]}"
+                 if with_because and h.because >= 0 else h.reason) for h in hits]
 
 
 def recent_items(engine: Engine, events: list[SessionEvent], limit: int = 10) -> list[RecentItem]:
@@ -271,7 +272,7 @@ async def home_page(request: Request, engine: EngineDep, sessions: SessionsDep) 
     hits = engine.recommender.recommend(_session_query(engine, recent, HOME_RECS))
     groups: dict[int, list[Card]] = {}
     for h in hits:
-        groups.setdefault(h.because, []).append(card(engine, h.row))
+        groups.setdefault(h.because, []).append(card(engine, h.row, h.reason))
     shaped = [Group(card(engine, seed) if seed >= 0 else None, items) for seed, items in groups.items()]
     response = page(request, engine, "home.html", groups=shaped, recent=recent_items(engine, recent),
                     new_listener=not recent)
