@@ -251,10 +251,11 @@ class Service:
 
 @contextmanager
 def service(version_dir: Path, redis_url: str, workers: int, workdir: Path, timeout_s: float,
-            null: bool = False) -> Iterator[Service]:
+            null: bool = False, env: dict[str, str] | None = None) -> Iterator[Service]:
+    """The service (or the null app) on a free port, ready; ``env`` adds to or overrides its settings."""
     port = free_port()
     env = dict(os.environ, ARTIFACTS_DIR=str(version_dir), HOST="127.0.0.1", PORT=str(port), WORKERS=str(workers),
-               REDIS_URL=redis_url, KAFKA_BOOTSTRAP_SERVERS="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+               REDIS_URL=redis_url, KAFKA_BOOTSTRAP_SERVERS="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1") | (env or {})
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "musicrec.service"]
     if null:

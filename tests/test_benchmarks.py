@@ -20,3 +20,41 @@ def test_request_cost_reports_a_positive_cost_for_every_kind(demo_artifacts: Pat
 def test_request_cost_refuses_an_empty_round(capsys: pytest.CaptureFixture[str]) -> None:
     assert request_cost.main(["--requests", "0"]) == 2
     assert "--requests and --rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_quality_runs_the_whole_loop_and_events_help(tmp_path: Path, redis_url: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.quality end to end on a small synthetic catalog whose "playlists" keep to hidden scenes."""
+    import gzip
+    import json
+
+    from benchmarks import quality
+    from benchmarks.simulate import ListenerConfig, assign_scenes, simulate_events
+    from musicrec.data.demo import generate_demo_frame, write_csv
+    from musicrec.data.loader import load_csv
+
+    csv = write_csv(generate_demo_frame(800, seed=4), tmp_path / "catalog.csv")
+    world = assign_scenes(load_csv(csv), 12, content_share=0.2, seed=1)
+    events = simulate_events(world, ListenerConfig(listeners=150, sessions_per_listener=1, plays=(15, 20),
+                                                   stray_rate=0.0), seed=3)
+    playlists: dict[str, list[str]] = {}
+    for e in events:
+        playlists.setdefault(e.client_id, []).append(e.track_id)
+    with gzip.open(tmp_path / "playlists.jsonl.gz", "wt") as fh:
+        for pid, tracks in enumerate(playlists.values()):
+            fh.write(json.dumps({"pid": pid, "name": "p", "tracks": list(dict.fromkeys(tracks))}) + "\n")
+    assert quality.main(["--playlists", str(tmp_path / "playlists.jsonl.gz"), "--csv", str(csv), "--workdir",
+                         str(tmp_path / "work"), "--json", str(tmp_path / "report.json"), "--redis-url",
+                         redis_url]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    results = report["results"]
+    split = quality.split_playlists(quality.read_playlists(tmp_path / "playlists.jsonl.gz"), test_fraction=0.2,
+                                    min_tracks=15, seeds=10)
+    assert report["events"] == report["build_report"]["events_read"] == sum(len(p.tracks) for p in split.played)
+    before = results["service before events: POST /api/recommendations"]
+    after = results["service after events: POST /api/recommendations"]
+    assert after["recall@50"] > before["recall@50"] and after["queries"] == report["test"] > 0
+    assert set(results) >= {"co-occurrence count over played playlists", "popularity (catalog)",
+                            "raw standardised features (max over seeds)", "audio embedding only (max over seeds)",
+                            "same artist as a seed", "service after events: seeds played, GET /api/songs_recommendations"}
+    assert "| method | Recall@50 | R-precision |" in capsys.readouterr().out

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from musicrec.data.events import Event
 from musicrec.index.colisten import ColistenTable
-from musicrec.indexer.colisten import ColistenConfig, fit_colisten, sessions_from_log, split_clients
+from musicrec.indexer.colisten import (
+    ColistenConfig, fit_colisten, sessions_from_log, split_clients, table_from_pairs, top_n_table,
+)
 from musicrec.indexer.event_dataset import EVENT_COLUMNS, SCHEMA, read_log_table, write_events
 
 IDS = [f"t{i}" for i in range(12)]
@@ -135,12 +137,29 @@ def test_a_pair_further_apart_than_the_window_is_not_played_together() -> None:
 
 def test_top_n_keeps_the_heaviest_first() -> None:
     rows, cols = np.array([0, 0, 0, 1]), np.array([3, 1, 2, 0])
-    table = ColistenTable.from_pairs(rows, cols, np.array([0.2, 0.9, 0.5, 1.0], np.float32), 4, top_n=2)
+    table = table_from_pairs(rows, cols, np.array([0.2, 0.9, 0.5, 1.0], np.float32), 4, top_n=2)
     assert table.neighbours(0)[0].tolist() == [1, 2] and table.neighbours(1)[0].tolist() == [0]
     assert table.indptr.tolist() == [0, 2, 3, 3, 3]
     owner, row, weight = table.gather(np.array([1, 0, 3]))
     assert owner.tolist() == [0, 1, 1] and row.tolist() == [0, 1, 2]
     np.testing.assert_allclose(weight, [1.0, 0.9, 0.5])
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9), st.floats(0.01, 1.0)), max_size=60),
+       top_n=st.integers(1, 5), block_nnz=st.integers(1, 8))
+def test_ranking_a_block_of_rows_at_a_time_changes_nothing(pairs, top_n, block_nnz) -> None:
+    import scipy.sparse as sp
+
+    unique = {(a, b): w for a, b, w in pairs}
+    rows, cols = np.array([k[0] for k in unique], dtype=np.int64), np.array([k[1] for k in unique], dtype=np.int64)
+    matrix = sp.csr_matrix((np.array(list(unique.values()), np.float32), (rows, cols)), shape=(10, 10))
+    whole, blocked = top_n_table(matrix, top_n, block_nnz=1 << 20), top_n_table(matrix, top_n, block_nnz=block_nnz)
+    for a in range(10):
+        expected = sorted(((-w, b) for (r, b), w in unique.items() if r == a))[:top_n]
+        assert [int(b) for b in whole.neighbours(a)[0]] == [b for _, b in expected]
+        assert whole.neighbours(a)[0].tolist() == blocked.neighbours(a)[0].tolist()
+        assert whole.neighbours(a)[1].tolist() == blocked.neighbours(a)[1].tolist()
 
 
 def test_split_clients_holds_out_a_seeded_share_of_clients() -> None:
@@ -176,7 +195,7 @@ def test_read_log_table_keeps_the_first_copy_of_a_redelivered_event(tmp_path: Pa
     (lambda t: ColistenTable(t.indptr, t.indices[:-1], t.weights), "equal"),
 ], ids=["row-out-of-range", "nan-weight", "indptr-not-monotone", "indptr-dtype", "length-mismatch"])
 def test_a_damaged_table_is_refused_on_load(tmp_path: Path, damage, message: str) -> None:
-    table = ColistenTable.from_pairs(np.array([0, 1, 2]), np.array([1, 0, 0]), np.ones(3, np.float32), 4, top_n=5)
+    table = table_from_pairs(np.array([0, 1, 2]), np.array([1, 0, 0]), np.ones(3, np.float32), 4, top_n=5)
     table.save(tmp_path)
     assert ColistenTable.load(tmp_path, 4).nnz == 3
     damage(table).save(tmp_path)

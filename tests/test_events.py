@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from musicrec.service.events import EventSink, open_event_sink
 from musicrec.service.settings import Settings
 from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event, decode_event, encode_event
-from tests.conftest import free_port, run_tansu
+from benchmarks.kafka import run_tansu
+from tests.conftest import free_port
 
 CLIENTS = [f"client-{i}" for i in range(7)]
 

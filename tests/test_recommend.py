@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from musicrec.index.catalog import TrackTable
 from musicrec.index.colisten import ColistenTable
+from musicrec.indexer.colisten import table_from_pairs
 from musicrec.index.faiss_index import build_index
 from musicrec.index.recommend import Filters, Query, Recommender, ScoringParams, Seed, seeds_from_events
 
@@ -259,7 +260,7 @@ def _colisten_table(seed: int = 3, pairs: int = 900) -> ColistenTable:
     key = np.unique(np.minimum(a, b) * N + np.maximum(a, b))
     lo, hi = key // N, key % N
     w = rng.uniform(0.01, 0.5, len(key)).astype(np.float32)
-    return ColistenTable.from_pairs(np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([w, w]), N,
+    return table_from_pairs(np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([w, w]), N,
                                     top_n=N)
 
 
@@ -333,7 +334,7 @@ def test_hybrid_scores_match_brute_force(seed_rows, seed_weights, colisten_weigh
 def test_co_listened_tracks_are_candidates_even_when_they_sound_nothing_alike() -> None:
     seed = 7
     far = int(np.argmin(VECTORS @ VECTORS[seed]))  # the least similar track in the catalog
-    table = ColistenTable.from_pairs(np.array([seed, far]), np.array([far, seed]), np.ones(2, np.float32), N, 10)
+    table = table_from_pairs(np.array([seed, far]), np.array([far, seed]), np.ones(2, np.float32), N, 10)
     params = ScoringParams(colisten_weight=10.0, popularity_weight=0.0, artist_weight=0.0)
     hits = Recommender(VECTORS, build_index(VECTORS, "flat"), TRACKS, params, colisten=table).recommend(
         Query(seeds=[Seed(seed, 1.0)], k=5))

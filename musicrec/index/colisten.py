@@ -2,8 +2,8 @@
 
 Three flat arrays (``indptr``, ``indices``, ``weights``), saved with ``np.save`` and memory-mapped
 by the service, so every worker shares one copy in the page cache and a request only slices
-them. Built by ``musicrec.indexer.colisten``; loading checks every value a request will index
-with, since a table that passes its checksum can still be wrong.
+them. Built by ``musicrec.indexer.colisten`` (the serving side needs no scipy); loading checks every
+value a request will index with, since a table that passes its checksum can still be wrong.
 """
 from __future__ import annotations
 
@@ -31,19 +31,6 @@ class ColistenTable:
     @property
     def nnz(self) -> int:
         return len(self.indices)
-
-    @classmethod
-    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, n: int, top_n: int) -> "ColistenTable":
-        """Each row's ``top_n`` heaviest (col, weight) pairs, heaviest first (ties: lower col first)."""
-        order = np.lexsort((cols, -weights, rows))
-        rows, cols, weights = rows[order], cols[order], weights[order]
-        counts = np.bincount(rows, minlength=n)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.arange(len(rows)) - starts[rows]
-        keep = rank < top_n
-        kept = np.minimum(counts, top_n)
-        indptr = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-        return cls(indptr, cols[keep].astype(np.int32), weights[keep].astype(np.float32))
 
     def save(self, folder: Path) -> None:
         for name, array in zip(FILES, (self.indptr, self.indices, self.weights)):

@@ -29,14 +29,14 @@ from musicrec.indexer.evaluate import continuation_figures
 log = logging.getLogger(__name__)
 
 GRID: dict[str, tuple[float, ...]] = {
-    "colisten_weight": (0.0, 1.0, 3.0, 10.0, 30.0),
+    "colisten_weight": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
     "seed_power": (1.0, 2.0, 4.0, math.inf),
     "artist_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "popularity_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
 }
 """Values the search tries, per blend parameter (``ScoringParams.BLEND``)."""
 
-WITH_EVENTS: dict[str, float] = {"colisten_weight": 10.0, "seed_power": 1.0}
+WITH_EVENTS: dict[str, float] = {"colisten_weight": 30.0, "seed_power": 1.0}
 """Where the search starts, and the blend used when too few held-out queries allow no choice:
 the optimum of this search on the dev playlists' played sessions (benchmarks/README.md)."""
 

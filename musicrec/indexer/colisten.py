@@ -164,8 +164,8 @@ def _pair_counts(sessions: Sessions, n: int, config: ColistenConfig) -> sp.csr_m
     number of plays, whatever the window.
     """
     s, r = sessions.play_session, sessions.play_row
-    w = sessions.session_weight
-    total = sp.csr_matrix((n, n), dtype=np.float64)
+    w = sessions.session_weight.astype(np.float32)
+    total = sp.csr_matrix((n, n), dtype=np.float32)
     for d in range(1, config.window + 1):
         if d >= len(r):
             break
@@ -195,15 +195,46 @@ def _upper(a: np.ndarray, b: np.ndarray, weight: np.ndarray, n: int) -> sp.csr_m
 
 def fit_colisten(sessions: Sessions, n: int, config: ColistenConfig = ColistenConfig()) -> ColistenTable:
     """The top-``top_n`` co-listened tracks of every catalog row, by shrunk cosine (module docstring)."""
-    counts = _pair_counts(sessions, n, config).tocoo()
-    keep = counts.data > 0  # pairs whose skips outweigh their plays together carry nothing
-    a, b, c = counts.row[keep].astype(np.int64), counts.col[keep].astype(np.int64), counts.data[keep]
+    upper = _pair_counts(sessions, n, config)
+    upper.data[upper.data <= 0] = 0  # pairs whose skips outweigh their plays together carry nothing
+    upper.eliminate_zeros()
     plays = np.bincount(sessions.play_row, weights=sessions.session_weight[sessions.play_session], minlength=n)
-    weight = c / (np.sqrt(plays[a] * plays[b]) + config.shrink)
-    rows = np.concatenate([a, b])
-    cols = np.concatenate([b, a])
-    vals = np.concatenate([weight, weight]).astype(np.float32)
-    return ColistenTable.from_pairs(rows, cols, vals, n, config.top_n)
+    rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(upper.indptr))
+    upper.data /= (np.sqrt(plays[rows] * plays[upper.indices]) + config.shrink).astype(np.float32)
+    del rows
+    return top_n_table((upper + upper.T).tocsr(), config.top_n)
+
+
+def table_from_pairs(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, n: int, top_n: int) -> ColistenTable:
+    """A table from (row, col, weight) triples, each pair once (for tests and small tools)."""
+    return top_n_table(sp.csr_matrix((weights.astype(np.float32), (rows, cols)), shape=(n, n)), top_n)
+
+
+def top_n_table(matrix: sp.csr_matrix, top_n: int, block_nnz: int = 1 << 22) -> ColistenTable:
+    """Each row's ``top_n`` heaviest entries, heaviest first (ties: lower column first).
+
+    Rows are ranked a block at a time (about ``block_nnz`` entries each), so the sort's
+    temporaries stay small whatever the matrix holds.
+    """
+    n = matrix.shape[0]
+    lengths = np.diff(matrix.indptr)
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lengths, top_n))]).astype(np.int64)
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    weights = np.empty(indptr[-1], dtype=np.float32)
+    # Block edges: row numbers where the running entry count crosses a multiple of block_nnz.
+    edges = np.unique(np.concatenate([[0], np.searchsorted(matrix.indptr, np.arange(0, matrix.nnz, block_nnz)), [n]]))
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        lo, hi = int(matrix.indptr[a]), int(matrix.indptr[b])
+        if lo == hi:
+            continue
+        data, cols = matrix.data[lo:hi], matrix.indices[lo:hi]
+        row = np.repeat(np.arange(b - a), lengths[a:b])
+        order = np.lexsort((cols, -data, row))
+        rank = np.arange(hi - lo) - (matrix.indptr[a:b] - lo)[row]
+        keep = order[rank < top_n]
+        indices[indptr[a]:indptr[b]] = cols[keep]
+        weights[indptr[a]:indptr[b]] = data[keep]
+    return ColistenTable(indptr, indices, weights)
 
 
 def describe(sessions: Sessions, table: ColistenTable) -> dict[str, Any]:
