@@ -15,7 +15,9 @@ from musicrec.index import colisten as colisten_files
 from musicrec.index.artifacts import MANIFEST, ArtifactError, load_artifacts, read_manifest, sha256_file
 from musicrec.index.engine import Engine
 from musicrec.index.recommend import Query, Seed
-from musicrec.indexer.blend import WITH_EVENTS, BlendConfig, choose_blend, continuation_queries, score_blend
+from musicrec.indexer.blend import (
+    WITH_EVENTS, BlendConfig, choose_blend, continuation_queries, held_out_clients, score_blend,
+)
 from musicrec.indexer.colisten import ColistenConfig, sessions_from_log
 from musicrec.indexer.event_dataset import write_events
 from musicrec.indexer.pipeline import BuildOptions, build_version
@@ -51,6 +53,18 @@ def test_continuation_queries_are_first_plays_then_the_rest(world) -> None:  # t
     assert continuation_queries(sessions, BlendConfig(min_plays=8)) == []
 
 
+def test_folds_hold_out_every_client_once_when_the_log_is_small(world) -> None:  # type: ignore[no-untyped-def]
+    events = simulate_events(world, ListenerConfig(listeners=40, sessions_per_listener=2, plays=(8, 9)), seed=5)
+    sessions = sessions_from_log(events_table(events), world.track_ids, ColistenConfig())
+    folds = held_out_clients(sessions, BlendConfig(folds=4, seed=1))
+    assert len(folds) == 4 and (np.sum(folds, axis=0) == 1).all()  # a partition of the clients
+    assert [int(f.sum()) for f in folds] == [10, 10, 10, 10]
+    assert all((a == b).all() for a, b in zip(folds, held_out_clients(sessions, BlendConfig(folds=4, seed=1))))
+    # A big enough log needs fewer folds for max_queries (80 sessions of ≥ 6 plays, 20 per fold).
+    assert len(held_out_clients(sessions, BlendConfig(folds=4, max_queries=30))) == 2
+    assert held_out_clients(sessions.subset(np.arange(41) == 0), BlendConfig()) == []  # one client: nothing to hold out
+
+
 def test_the_build_learns_co_listening_and_serves_it_better_to_new_listeners(built, world) -> None:  # type: ignore[no-untyped-def]
     content, rebuilt, events = built
     manifest = read_manifest(rebuilt.path)
@@ -79,7 +93,7 @@ def test_the_build_learns_co_listening_and_serves_it_better_to_new_listeners(bui
 def test_too_few_held_out_sessions_fall_back_to_the_measured_defaults(demo_catalog_small, built) -> None:  # type: ignore[no-untyped-def]
     content, _, _ = built
     recommender = Engine.load(content.path).recommender
-    choice = choose_blend(lambda params: recommender, [], config=BlendConfig(min_queries=20))
+    choice = choose_blend(lambda params, table: recommender, [], config=BlendConfig(min_queries=20))
     assert choice.report["chosen_by"] == "defaults" and "0 held-out queries" in choice.report["reason"]
     assert {k: choice.blend[k] for k in WITH_EVENTS} == WITH_EVENTS
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from musicrec.data.events import Event
 from musicrec.index.colisten import ColistenTable
 from musicrec.indexer.colisten import (
-    ColistenConfig, fit_colisten, sessions_from_log, split_clients, table_from_pairs, top_n_table,
+    ColistenConfig, fit_colisten, sessions_from_log, table_from_pairs, top_n_table,
 )
 from musicrec.indexer.event_dataset import EVENT_COLUMNS, SCHEMA, read_log_table, write_events
 
@@ -160,16 +160,6 @@ def test_ranking_a_block_of_rows_at_a_time_changes_nothing(pairs, top_n, block_n
         assert [int(b) for b in whole.neighbours(a)[0]] == [b for _, b in expected]
         assert whole.neighbours(a)[0].tolist() == blocked.neighbours(a)[0].tolist()
         assert whole.neighbours(a)[1].tolist() == blocked.neighbours(a)[1].tolist()
-
-
-def test_split_clients_holds_out_a_seeded_share_of_clients() -> None:
-    events = [(f"c{i}", "track_view", IDS[i % 5], T0 + i) for i in range(20)]
-    sessions = sessions_from_log(log(events), IDS, ColistenConfig())
-    held = split_clients(sessions, 0.25, seed=1)
-    assert held.sum() == 5 and (held == split_clients(sessions, 0.25, seed=1)).all()
-    kept = sessions.subset(~held)
-    assert set(kept.play_client.tolist()).isdisjoint(np.flatnonzero(held).tolist())
-    assert len(kept.play_row) + len(sessions.subset(held).play_row) == len(sessions.play_row)
 
 
 def test_read_log_table_keeps_the_first_copy_of_a_redelivered_event(tmp_path: Path) -> None:

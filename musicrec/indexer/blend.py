@@ -2,15 +2,19 @@
 
 Why measured here and not fixed in code: how much co-listening should count against audio and
 artist, whether seeds should agree (power mean) or one close seed suffice (max), and how much a
-popular track is worth, depend on the catalog and on how people listen; the log says. Sessions
-are split by client (seeded): the co-listening table used for choosing is fitted on the other
-clients only, so a held-out listener's plays never inform the table that scores them. Each
-held-out session with enough plays is a continuation query, as a player would ask: its first
-plays are the seeds, the rest the targets. The figure is Recall@50 + R-precision, averaged over
-queries, from the real ``Recommender``; a coordinate search over ``GRID`` keeps whichever blend
-does best (the defaults without co-listening are among those tried, so the chosen blend is never
-worse on held-out listeners than serving without events). The manifest records every blend
-tried and its figures.
+popular track is worth, depend on the catalog and on how people listen; the log says.
+
+Clients are dealt into ``folds`` (seeded), as in k-fold cross-validation: for each fold used,
+a co-listening table is fitted on the other folds' clients only, so a held-out listener's plays
+never inform the table that scores them. Each held-out session with enough plays is a
+continuation query, as a player would ask: its first plays are the seeds, the rest the targets.
+A small log uses every fold, so every session is a query once (one fold alone was too noisy to
+choose between close blends on the dev playlists); a large one only as many folds as
+``max_queries`` needs. The figure is Recall@50 + R-precision, averaged over all queries, from
+the real ``Recommender``; a coordinate search over ``GRID`` keeps whichever blend does best (the
+defaults without co-listening are among those tried, so the chosen blend is never worse on
+held-out listeners than serving without events). The manifest records every blend tried and
+its figures.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from musicrec.index.colisten import ColistenTable
 from musicrec.index.recommend import Query, Recommender, ScoringParams, Seed
 from musicrec.indexer.colisten import Sessions
 from musicrec.indexer.evaluate import continuation_figures
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 GRID: dict[str, tuple[float, ...]] = {
     "colisten_weight": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
     "seed_power": (1.0, 2.0, 4.0, math.inf),
-    "artist_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "artist_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "popularity_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
 }
 """Values the search tries, per blend parameter (``ScoringParams.BLEND``)."""
@@ -43,11 +48,11 @@ the optimum of this search on the dev playlists' played sessions (benchmarks/REA
 
 @dataclass(frozen=True)
 class BlendConfig:
-    heldout_fraction: float = 0.2
+    folds: int = 5                 # clients are dealt into this many folds; each fold used is held out once
     max_seeds: int = 10            # a query's seeds: its session's first plays, at most this many …
     min_plays: int = 6             # … and half of them at most; shorter sessions are no query
     min_queries: int = 20          # fewer held-out queries than this: no choice, WITH_EVENTS is used
-    max_queries: int = 1000        # a seeded sample beyond this, to bound the build's time
+    max_queries: int = 2000        # folds used, and a seeded sample of queries, stop here (build time)
     passes: int = 2
     seed: int = 42
     grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(GRID))
@@ -57,6 +62,15 @@ class BlendConfig:
 class Continuation:
     seeds: np.ndarray    # int64 rows, in play order
     targets: np.ndarray  # int64 rows
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One held-out fold: the table fitted without its clients, and its clients' queries."""
+
+    table: ColistenTable
+    queries: list[Continuation]
+    clients: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,22 @@ def continuation_queries(sessions: Sessions, config: BlendConfig = BlendConfig()
     return out
 
 
+def held_out_clients(sessions: Sessions, config: BlendConfig = BlendConfig()) -> list[np.ndarray]:
+    """Boolean masks over client codes, one per fold used (see the module docstring); none with < 2 clients."""
+    clients = np.unique(sessions.play_client)
+    if len(clients) < 2:
+        return []
+    folds = min(config.folds, len(clients))
+    fold_of = np.full(int(clients.max()) + 1, -1)
+    fold_of[np.random.default_rng(config.seed).permutation(clients)] = np.arange(len(clients)) % folds
+    starts = np.concatenate([[True], np.diff(sessions.play_session) != 0])
+    lengths = np.diff(np.concatenate([np.flatnonzero(starts), [len(starts)]]))
+    eligible = int(np.count_nonzero(lengths >= config.min_plays))
+    per_fold = max(1, eligible // folds)
+    used = min(folds, max(1, math.ceil(config.max_queries / per_fold)))
+    return [fold_of == f for f in range(used)]
+
+
 def score_blend(recommender: Recommender, queries: Sequence[Continuation]) -> dict[str, float]:
     """Mean Recall@50 and R-precision of the recommender's answers to ``queries`` (equal-weight seeds)."""
     ids = recommender.tracks.ids
@@ -105,21 +135,31 @@ def _objective(figures: dict[str, float]) -> float:
     return figures["recall@50"] + figures["r_precision"]
 
 
-def choose_blend(make: Callable[[ScoringParams], Recommender], queries: Sequence[Continuation],
+def _pooled(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-fold means as the mean over all their queries."""
+    total = sum(p["queries"] for p in parts)
+    return {"recall@50": round(sum(p["recall@50"] * p["queries"] for p in parts) / total, 6),
+            "r_precision": round(sum(p["r_precision"] * p["queries"] for p in parts) / total, 6),
+            "queries": total}
+
+
+def choose_blend(make: Callable[[ScoringParams, ColistenTable], Recommender], folds: Sequence[Fold],
                  base: ScoringParams = ScoringParams(), config: BlendConfig = BlendConfig()) -> BlendChoice:
     """The blend with the best held-out figure, by coordinate search from ``WITH_EVENTS`` (module docstring)."""
     start = base.with_blend(WITH_EVENTS)
-    if len(queries) < config.min_queries:
-        reason = (f"{len(queries)} held-out queries (need {config.min_queries}): the blend was not chosen on "
+    folds = [f for f in folds if f.queries]
+    n_queries = sum(len(f.queries) for f in folds)
+    if n_queries < config.min_queries:
+        reason = (f"{n_queries} held-out queries (need {config.min_queries}): the blend was not chosen on "
                   f"this log; the defaults measured on the dev playlists apply")
         log.warning("%s", reason)
-        return BlendChoice(start, {"chosen_by": "defaults", "reason": reason, "heldout_queries": len(queries)})
+        return BlendChoice(start, {"chosen_by": "defaults", "reason": reason, "heldout_queries": n_queries})
     tried: dict[tuple[float, ...], dict[str, float]] = {}
 
     def figures_of(params: ScoringParams) -> dict[str, float]:
         key = tuple(getattr(params, name) for name in ScoringParams.BLEND)
         if key not in tried:
-            tried[key] = score_blend(make(params), queries)
+            tried[key] = _pooled([score_blend(make(params, f.table), f.queries) for f in folds])
         return tried[key]
 
     without_events = figures_of(base.with_blend({"colisten_weight": 0.0}))
@@ -138,14 +178,14 @@ def choose_blend(make: Callable[[ScoringParams], Recommender], queries: Sequence
         best, best_figures = base.with_blend({"colisten_weight": 0.0}), without_events
     report = {
         "chosen_by": "held-out sessions",
-        "heldout_queries": len(queries),
+        "folds": len(folds), "heldout_queries": n_queries, "heldout_clients": sum(f.clients for f in folds),
         "objective": "recall@50 + r_precision (mean over queries; seeds = first plays of a held-out session)",
         "without_colisten": without_events,
         "chosen": best_figures,
         "tried": [dict(zip(ScoringParams.BLEND, key)) | figures for key, figures in tried.items()],
     }
-    log.info("blend chosen on %d held-out queries: %s → recall@50 %.4f, R-precision %.4f (without "
-             "co-listening %.4f, %.4f)", len(queries), {n: getattr(best, n) for n in ScoringParams.BLEND},
+    log.info("blend chosen on %d held-out queries in %d folds: %s → recall@50 %.4f, R-precision %.4f (without "
+             "co-listening %.4f, %.4f)", n_queries, len(folds), {n: getattr(best, n) for n in ScoringParams.BLEND},
              best_figures["recall@50"], best_figures["r_precision"], without_events["recall@50"],
              without_events["r_precision"])
     return BlendChoice(best, report)

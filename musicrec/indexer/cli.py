@@ -137,7 +137,8 @@ def _print_events(report: dict[str, object], scoring: dict[str, float | None]) -
     if report["chosen_by"] == "held-out sessions":
         chosen, without = report["chosen"], report["without_colisten"]
         print(f"held-out continuation ({report['heldout_queries']} sessions of {report['heldout_clients']} listeners "
-              f"not used for the table; higher is better): Recall@50 {chosen['recall@50']:.4f}, "
+              f"in {report['folds']} folds, each scored by a table fitted without them; higher is better): "
+              f"Recall@50 {chosen['recall@50']:.4f}, "
               f"R-precision {chosen['r_precision']:.4f}; without co-listening {without['recall@50']:.4f}, "
               f"{without['r_precision']:.4f}")
     else:

@@ -145,18 +145,6 @@ def sessions_from_log(table: pa.Table, track_ids: pa.Array | np.ndarray, config:
     )
 
 
-def split_clients(sessions: Sessions, heldout_fraction: float, seed: int) -> np.ndarray:
-    """A boolean per client code: True for the held-out ones (a seeded share; none with < 2 clients)."""
-    n_clients = int(sessions.play_client.max()) + 1 if len(sessions.play_client) else 0
-    held = np.zeros(n_clients, dtype=bool)
-    present = np.unique(sessions.play_client)
-    if len(present) < 2 or heldout_fraction <= 0:
-        return held
-    n_held = min(max(1, round(len(present) * heldout_fraction)), len(present) - 1)
-    held[np.random.default_rng(seed).permutation(present)[:n_held]] = True
-    return held
-
-
 def _pair_counts(sessions: Sessions, n: int, config: ColistenConfig) -> sp.csr_matrix:
     """Upper-triangle (a < b) weighted co-play counts minus skip counts, summed over sessions.
 

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from musicrec.index.catalog import TrackTable
 from musicrec.index.colisten import ColistenTable
 from musicrec.index.faiss_index import build_index, factory_string, save_index
 from musicrec.index.recommend import NeighbourMemo, Recommender, ScoringParams
-from musicrec.indexer.blend import BlendConfig, choose_blend, continuation_queries
-from musicrec.indexer.colisten import ColistenConfig, describe, fit_colisten, sessions_from_log, split_clients
+from musicrec.indexer.blend import BlendConfig, Fold, choose_blend, continuation_queries, held_out_clients
+from musicrec.indexer.colisten import ColistenConfig, describe, fit_colisten, sessions_from_log
 from musicrec.indexer.evaluate import ann_recall, genre_agreement_report
 from musicrec.indexer.train import TrainConfig, TrainResult, train_autoencoder
 from musicrec.models.autoencoder import embed, reconstruction_mse
@@ -119,10 +119,10 @@ def train_and_embed(catalog: Catalog, options: BuildOptions) -> tuple[StandardSc
 
 def learn_from_events(catalog: Catalog, options: BuildOptions, embeddings: np.ndarray, index: faiss.Index,
                       neighbours: np.ndarray) -> tuple[ColistenTable, dict[str, float], dict[str, Any]]:
-    """The co-listening table of the whole log, the blend chosen on its held-out sessions, and a report.
+    """The co-listening table of the whole log, the blend chosen on its held-out folds, and a report.
 
-    The table that chooses is fitted without the held-out clients; the one shipped, on every
-    client (the choice does not depend on the table's size much, and serving wants all of it).
+    Each fold's table is fitted without that fold's clients; the one shipped, on every client
+    (serving wants all of it, and the blend does not hinge on the table's size).
     """
     from musicrec.indexer.event_dataset import read_log_table
 
@@ -133,15 +133,16 @@ def learn_from_events(catalog: Catalog, options: BuildOptions, embeddings: np.nd
     log_table = read_log_table(options.events, ("type", "track_id", "ts", "client_id"))
     sessions = sessions_from_log(log_table, tracks.ids, config)
     del log_table
-    held = split_clients(sessions, blend_config.heldout_fraction, blend_config.seed)
-    choosing = fit_colisten(sessions.subset(~held), len(tracks), config)
-    queries = continuation_queries(sessions.subset(held), blend_config)
-    choice = choose_blend(lambda params: Recommender(embeddings, index, tracks, params, neighbours=neighbours,
-                                                     colisten=choosing), queries, config=blend_config)
+    held_out = held_out_clients(sessions, blend_config)
+    per_fold = replace(blend_config, max_queries=-(-blend_config.max_queries // max(1, len(held_out))))
+    folds = [Fold(fit_colisten(sessions.subset(~held), len(tracks), config),
+                  continuation_queries(sessions.subset(held), per_fold), int(held.sum())) for held in held_out]
+    choice = choose_blend(lambda params, table: Recommender(embeddings, index, tracks, params, neighbours=neighbours,
+                                                            colisten=table), folds, config=blend_config)
+    del folds
     table = fit_colisten(sessions, len(tracks), config)
     report = {"path": str(Path(options.events).resolve()), **describe(sessions, table), "colisten": config.to_dict(),
-              "heldout_clients": int(held.sum()), **choice.report,
-              "seconds": round(time.perf_counter() - started, 3)}
+              **choice.report, "seconds": round(time.perf_counter() - started, 3)}
     return table, choice.blend, report
 
 
