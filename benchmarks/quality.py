@@ -21,6 +21,11 @@ raw standardised audio features and the autoencoder's embedding (max over seeds,
 else), and a plain co-occurrence count over the played-before playlists (no model at all).
 
     python -m benchmarks.quality --playlists ../shared/data/mpd_dev_playlists.jsonl.gz
+    python -m benchmarks.quality --sweep --artifacts artifacts/bench/114k   # the table's weighting
+
+``--sweep`` is how the co-listening table's weighting (window, shrinkage, tracks kept) was
+chosen: in-process, no service, the played playlists as the log of a built version, each
+weighting's table scored on the test playlists with the blend a build starts its search from.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -44,12 +50,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from benchmarks.kafka import run_tansu
 from benchmarks.load import REPO, SHARED_CSV, BenchError, free_port, log, redis_server, service
 from musicrec.index.artifacts import load_artifacts, read_manifest, resolve_version_dir
 from musicrec.index.recommend import Query, Recommender, ScoringParams, Seed
+from musicrec.indexer.blend import WITH_EVENTS, Continuation, score_blend
+from musicrec.indexer.colisten import ColistenConfig, fit_colisten, sessions_from_log
 from musicrec.indexer.evaluate import continuation_figures
 from musicrec.models.scaler import StandardScaler
 
@@ -210,6 +219,27 @@ async def ask_as_player(url: str, split: Split, run_id: str) -> dict[str, float]
     return continuation_figures(answers, targets)
 
 
+def sweep(split: Split, version: Path) -> list[tuple[ColistenConfig, dict[str, float]]]:
+    """Each co-listening weighting's figures on the test playlists (see the module docstring)."""
+    artifacts = load_artifacts(version)
+    tracks = artifacts.tracks
+    log_table = pa.table({"type": [e for p in split.played for e in ["track_view"] * len(p.tracks)],
+                          "track_id": [t for p in split.played for t in p.tracks],
+                          "ts": [float(i) for p in split.played for i in range(len(p.tracks))],
+                          "client_id": [str(p.pid) for p in split.played for _ in p.tracks]})
+    queries = [Continuation(np.array([tracks.row_of[t] for t in seeds]), np.array([tracks.row_of[t] for t in targets]))
+               for seeds, targets in split.queries()]
+    params = ScoringParams().with_blend(WITH_EVENTS)
+    out = []
+    for window, shrink, top_n in itertools.product((5, 10, 20, 50), (3.0, 10.0, 30.0), (50, 100, 200)):
+        config = ColistenConfig(window=window, shrink=shrink, top_n=top_n)
+        table = fit_colisten(sessions_from_log(log_table, tracks.ids, config), len(tracks), config)
+        recommender = Recommender(artifacts.embeddings, artifacts.index, tracks, params,
+                                  neighbours=artifacts.neighbours, colisten=table)
+        out.append((config, score_blend(recommender, queries)))
+    return out
+
+
 def _readyz(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
         return json.loads(r.read())
@@ -313,10 +343,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used if it answers, else a private one")
     p.add_argument("--workdir", type=Path, help="keep the versions, event log and logs here (default: a temp dir)")
     p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--sweep", action="store_true", help="only compare co-listening weightings, in-process")
+    p.add_argument("--artifacts", type=Path, default=REPO / "artifacts" / "bench" / "114k",
+                   help="with --sweep: the built version to use (make bench builds this one)")
     args = p.parse_args(argv)
     if not args.playlists.is_file() or not args.csv.is_file():
         print(f"error: need {args.playlists} and {args.csv}", file=sys.stderr)
         return 2
+    if args.sweep:
+        split = split_playlists(read_playlists(args.playlists), test_fraction=args.test_fraction,
+                                min_tracks=args.min_tracks, seeds=args.seeds, salt=args.salt)
+        print(f"{len(split.test)} test playlists; blend {dict(WITH_EVENTS)} over the defaults\n")
+        print("| window | shrink | top_n | Recall@50 | R-precision |\n|---|---|---|---|---|")
+        for config, figures in sweep(split, resolve_version_dir(args.artifacts)):
+            print(f"| {config.window} | {config.shrink:g} | {config.top_n} | {figures['recall@50']:.4f} | "
+                  f"{figures['r_precision']:.4f} |")
+        return 0
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

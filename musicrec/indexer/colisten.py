@@ -41,7 +41,7 @@ SKIP_TYPE = "skip"
 @dataclass(frozen=True)
 class ColistenConfig:
     session_gap_s: float = 30 * 60
-    window: int = 50
+    window: int = 20
     """Plays at most this far apart in a session count as played together."""
     shrink: float = 10.0
     """Added to the cosine's denominator: pairs among rarely played tracks weigh less."""
