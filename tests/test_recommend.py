@@ -270,6 +270,8 @@ COLISTEN = _colisten_table()
 def hybrid_brute_force(seeds: list[Seed], params: ScoringParams, k: int) -> list[tuple[int, float, int, str]]:
     """The module docstring's score for every catalog row, in plain numpy over the dense matrices."""
     rows = np.array([s.row for s in seeds])
+    if not any(len(COLISTEN.neighbours(int(r))[0]) for r in rows):  # no co-listening: a version without events
+        params = params.with_blend({name: getattr(ScoringParams(), name) for name in ScoringParams.BLEND})
     weights = np.array([s.weight for s in seeds])[:, None]
     cos = (VECTORS[rows] @ VECTORS.T).astype(np.float64)
     if not np.isinf(params.seed_power):
@@ -340,6 +342,17 @@ def test_co_listened_tracks_are_candidates_even_when_they_sound_nothing_alike() 
         Query(seeds=[Seed(seed, 1.0)], k=5))
     assert (hits[0].row, hits[0].because, hits[0].reason) == (far, seed, "co-listened")
     assert all(h.reason != "co-listened" for h in hits[1:])
+
+
+def test_seeds_without_co_listening_are_scored_as_without_events() -> None:
+    lonely = next(r for r in range(N) if not len(COLISTEN.neighbours(r)[0]))
+    events_blend = ScoringParams(colisten_weight=30.0, seed_power=1.0, artist_weight=2.0, popularity_weight=0.5)
+    with_table = Recommender(VECTORS, build_index(VECTORS, "flat"), TRACKS, events_blend, colisten=COLISTEN)
+    without_events = Recommender(VECTORS, build_index(VECTORS, "flat"), TRACKS, ScoringParams())
+    query = Query(seeds=[Seed(lonely, 1.0)], k=30)
+    assert with_table.recommend(query) == without_events.recommend(query)
+    played = Query(seeds=[Seed(lonely, 1.0), Seed(int(COLISTEN.neighbours(0)[0][0]), 1.0)], k=30)
+    assert with_table.recommend(played) != without_events.recommend(played)
 
 
 def test_blend_from_a_manifest_is_checked() -> None:

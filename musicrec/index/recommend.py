@@ -176,6 +176,9 @@ class Recommender:
         self.index = index
         self.tracks = tracks
         self.params = params
+        # Seeds nobody has played with anything get no co-listening term: they are scored with the
+        # blend of a version without events, which the dev playlists measured better for them.
+        self._no_colisten = params.with_blend({name: getattr(ScoringParams, name) for name in ScoringParams.BLEND})
         self.n = len(tracks)
         self.colisten = colisten
         self._memo = None
@@ -196,11 +199,13 @@ class Recommender:
         seed_vecs = self._rows(seed_rows)
         neg_rows = _unique(np.asarray(query.negatives, dtype=np.int64))
         banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
-        artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
         colisten = None
         if self.colisten is not None and p.colisten_weight > 0:
             colisten = _Colisten(*self.colisten.gather(seed_rows))
-        ctx = _Context(query, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
+            if not len(colisten.rows):
+                p, colisten = self._no_colisten, None
+        artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
+        ctx = _Context(query, p, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
                        _unique(self.tracks.song_key.take(banned)), artist_weight,
                        self._seed_links(seed_rows) if artist_weight > 0 else None, colisten)
         extra = [ctx.links.candidates] if ctx.links is not None else []
@@ -261,7 +266,7 @@ class Recommender:
         Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
         (numpy's max/argmax along a short last axis cost more than the product itself).
         """
-        t, p, q = self.tracks, self.params, ctx.query
+        t, p, q = self.tracks, ctx.params, ctx.query
         # A banned row's song key is among the banned songs, so one lookup covers both.
         candidates = candidates[~_member(t.song_key.take(candidates), ctx.banned_songs)]
         if q.filters.active:
@@ -483,6 +488,7 @@ class _Colisten:
 @dataclass(frozen=True)
 class _Context:
     query: Query
+    params: ScoringParams     # the blend for this request (see ``Recommender._no_colisten``)
     seed_rows: np.ndarray
     seed_vecs: np.ndarray
     weights: np.ndarray
