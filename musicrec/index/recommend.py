@@ -279,10 +279,11 @@ class Recommender:
         per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
         if not math.isinf(p.seed_power):
             np.maximum(per_seed, 0.0, out=per_seed)  # a power mean needs terms >= 0
-        affinity = self._add_affinity(per_seed, candidates, ctx.links, ctx.artist_weight) \
-            if ctx.artist_weight > 0 else None
-        colisten = self._add_colisten(per_seed, candidates, ctx.colisten, p.colisten_weight) \
-            if ctx.colisten is not None else None
+        links, co = ctx.links, ctx.colisten
+        affinity = _add_pairs(per_seed, candidates, links.seed, links.rows, ctx.artist_weight * links.value) \
+            if links is not None else None
+        colisten = _add_pairs(per_seed, candidates, co.seed, co.rows, p.colisten_weight * co.weight) \
+            if co is not None else None
         per_seed *= ctx.weights
         score = _power_mean(per_seed, p.seed_power)
         if p.popularity_weight > 0:
@@ -347,7 +348,7 @@ class Recommender:
         """The seeds' artist and album tracks, flattened once per request.
 
         ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
-        ANN may miss. The (row, seed, value) triples feed ``_add_affinity``.
+        ANN may miss. The (row, seed, value) triples feed ``_add_pairs``.
         """
         per_seed = [self._track_links(row) for row in seed_rows.tolist()]
         capped = [links[0] for links in per_seed if len(links[0])]
@@ -356,28 +357,6 @@ class Recommender:
         return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
                       np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
                       np.concatenate([links[2] for links in per_seed]))
-
-    def _add_affinity(self, per_seed: np.ndarray, candidates: np.ndarray, links: "_Links", weight: float) -> np.ndarray:
-        """per_seed[s, i] += weight · a(s, c_i) for the (seed, candidate) pairs where a ≠ 0.
-
-        Only those cells change: adding weight · 0 elsewhere would leave every score as it is,
-        so the dense a(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
-        Returns the sorted flat cells (seed · len(candidates) + i) that changed.
-        """
-        if not len(links.rows) or not len(candidates):
-            return np.empty(0, np.int64)
-        pos, hit = _find(candidates, links.rows)
-        per_seed[links.seed[hit], pos[hit]] += weight * links.value[hit]
-        return np.sort(links.seed[hit] * len(candidates) + pos[hit])
-
-    @staticmethod
-    def _add_colisten(per_seed: np.ndarray, candidates: np.ndarray, colisten: "_Colisten", weight: float) -> np.ndarray:
-        """per_seed[s, i] += weight · l(s, c_i) for the seeds' co-listened candidates, as ``_add_affinity``."""
-        if not len(colisten.rows) or not len(candidates):
-            return np.empty(0, np.int64)
-        pos, hit = _find(candidates, colisten.rows)
-        per_seed[colisten.seed[hit], pos[hit]] += weight * colisten.weight[hit]
-        return np.sort(colisten.seed[hit] * len(candidates) + pos[hit])
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
         t = self.tracks
@@ -523,6 +502,20 @@ def _unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+def _add_pairs(per_seed: np.ndarray, candidates: np.ndarray, seed: np.ndarray, rows: np.ndarray,
+               values: np.ndarray) -> np.ndarray:
+    """per_seed[s, i] += value for each (seed s, row, value) whose row is candidate i; the cells changed.
+
+    Only those cells change (the dense seed × candidate matrix of a term is never built); a
+    seed's rows are unique, so no cell repeats. Returns them sorted, as seed · len(candidates) + i.
+    """
+    if not len(rows) or not len(candidates):
+        return np.empty(0, np.int64)
+    pos, hit = _find(candidates, rows)
+    per_seed[seed[hit], pos[hit]] += values[hit]
+    return np.sort(seed[hit] * len(candidates) + pos[hit])
 
 
 def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
