@@ -26,7 +26,7 @@ def test_manifest_holds_the_contract_fields(demo_artifacts: Path, demo_catalog_s
                   "train_loss", "val_loss", "checksums"):
         assert field in raw, field
     assert raw["n_tracks"] == len(demo_catalog_small.tracks)
-    assert raw["dim"] == 32 and raw["demo"] is True and raw["index_type"] == "flat"
+    assert raw["dim"] == 32 and raw["demo"] is True and raw["index_type"] == "ivf"  # the one default
     assert raw["features"] == list(demo_catalog_small.features)
     assert set(raw["checksums"]) >= {EMBEDDINGS, INDEX, TRACKS}
     for key in ("genre_agreement@10_embedding", "genre_agreement@10_raw", "reconstruction_mse", "ann_recall@20"):
@@ -190,3 +190,16 @@ def test_nan_embeddings_are_refused_even_with_matching_checksums(demo_artifacts:
     finalize_version(staged, tmp_path / "nan", read_manifest(demo_artifacts))  # re-checksummed
     with pytest.raises(ArtifactError, match="NaN"):
         load_artifacts(tmp_path / "nan")
+
+
+def test_non_finite_embeddings_stop_the_build_with_a_fit_error(demo_catalog_small, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the IVF default, faiss would fail training its clusters on NaN with a C++ traceback."""
+    from musicrec.indexer.errors import ModelFitError
+    from musicrec.models import autoencoder
+
+    monkeypatch.setattr("musicrec.indexer.pipeline.embed",
+                        lambda model, scaled: np.full_like(autoencoder.embed(model, scaled), np.nan))
+    with pytest.raises(ModelFitError, match="NaN or infinite embeddings"):
+        build_version(demo_catalog_small, FAST, out=tmp_path / "v")
+    assert not (tmp_path / "v").exists()

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from musicrec.config import CommonSettings, OfflineSettings
 from musicrec.service.settings import Settings, SettingsError, mask_url
+from tests.fixtures_artifacts import REPO
 
 
 def test_defaults_come_from_nothing_and_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,7 +31,8 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
 
 def test_environment_overrides_the_env_file_and_a_missing_file_is_fine(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("PORT=9001\nWORKERS=3\nMODE=online\n# a comment\nKAFKA_TOPIC='from-file'\n")
+    env_file.write_text("PORT=9001\nWORKERS=3\nMODE=online\n# a comment\nKAFKA_TOPIC='from-file'\n"
+                        "SPOTIPY_CLIENT_ID=id\nSPOTIPY_CLIENT_SECRET=secret\n")
     s = Settings.from_env({"PORT": "9002"}, env_file=env_file)
     assert (s.port, s.workers, s.mode, s.kafka_topic) == (9002, 3, "online", "from-file")
     assert Settings.from_env({}, env_file=tmp_path / "absent.env") == Settings()
@@ -38,11 +42,15 @@ def test_values_are_converted_and_normalised() -> None:
     s = Settings.from_env({"ARTIFACTS_DIR": "/srv/art", "REDIS_URL": "memory://", "LOG_LEVEL": "debug",
                            "MODE": "ONLINE", "REDIS_TIMEOUT_S": "0.5", "KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:9093",
                            "RELOAD_POLL_S": "0", "FAISS_THREADS": "2", "ANSWER_CACHE_SIZE": "0",
-                           "REDIS_MAX_CONNECTIONS": "8"}, env_file=None)
+                           "REDIS_MAX_CONNECTIONS": "8", "SPOTIPY_CLIENT_ID": "id", "SPOTIPY_CLIENT_SECRET": "secret",
+                           "SPOTIFY_API_URL": "http://127.0.0.1:9/v1", "LOG_FORMAT": "JSON", "ACCESS_LOG": "yes"},
+                          env_file=None)
     assert s.artifacts_dir == Path("/srv/art") and s.memory_sessions
     assert (s.log_level, s.mode, s.redis_timeout_s, s.reload_poll_s, s.faiss_threads) == ("DEBUG", "online", 0.5, 0.0, 2)
     assert (s.answer_cache_size, s.redis_max_connections) == (0, 8)
     assert s.kafka_enabled
+    assert (s.spotify_api_url, s.log_format, s.access_log) == ("http://127.0.0.1:9/v1/", "json", True)
+    assert s.spotify_config().api_url == "http://127.0.0.1:9/v1/"  # the online client is pointed where it says
 
 
 def test_workers_default_to_one_per_usable_core_and_to_one_for_in_process_sessions() -> None:
@@ -66,6 +74,7 @@ def test_in_process_sessions_refuse_more_than_one_worker() -> None:
     ("REDIS_URL", "http://cache:6379"), ("KAFKA_BOOTSTRAP_SERVERS", "broker-without-port"),
     ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
     ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_MAX_CONNECTIONS", "0"),
+    ("LOG_FORMAT", "xml"), ("ACCESS_LOG", "sometimes"), ("SPOTIFY_API_URL", "ftp://x"), ("ARTIFACTS_DIR", ""),
 ], ids=lambda v: v or "empty")
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -115,3 +124,47 @@ def test_mask_url(url: str, masked: str) -> None:
 def test_any_valid_port_and_session_length_round_trip(port: int, length: int) -> None:
     s = Settings.from_env({"PORT": str(port), "SESSION_LEN": f" {length} "}, env_file=None)
     assert (s.port, s.session_len) == (port, length)
+
+
+def test_online_mode_without_spotify_credentials_is_refused_naming_what_is_missing() -> None:
+    with pytest.raises(SettingsError, match="MODE=online needs SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET"):
+        Settings.from_env({"MODE": "online"}, env_file=None)
+    with pytest.raises(SettingsError, match="MODE=online needs SPOTIPY_CLIENT_SECRET ") as info:
+        Settings.from_env({"MODE": "online", "SPOTIPY_CLIENT_ID": "id"}, env_file=None)
+    assert "SPOTIPY_CLIENT_ID " not in str(info.value)
+    assert Settings.from_env({"MODE": "online", "SPOTIPY_CLIENT_ID": "i", "SPOTIPY_CLIENT_SECRET": "s"},
+                             env_file=None).mode == "online"
+
+
+def test_the_indexer_reads_the_same_variables_with_the_same_defaults() -> None:
+    env = {"ARTIFACTS_DIR": "/srv/a", "KAFKA_BOOTSTRAP_SERVERS": "k:9092", "KAFKA_TOPIC": "t", "LOG_LEVEL": "debug"}
+    offline, service = OfflineSettings.from_env(env, env_file=None), Settings.from_env(env, env_file=None)
+    for f in fields(CommonSettings):
+        assert getattr(offline, f.name) == getattr(service, f.name), f.name
+    assert all(getattr(OfflineSettings(), f.name) == getattr(Settings(), f.name) for f in fields(CommonSettings))
+    with pytest.raises(SettingsError, match="KAFKA_TOPIC"):
+        OfflineSettings.from_env({"KAFKA_TOPIC": "a b"}, env_file=None)
+
+
+def test_the_build_index_type_has_one_default() -> None:
+    from musicrec.index.faiss_index import DEFAULT_INDEX_TYPE
+    from musicrec.indexer.cli import parser
+    from musicrec.indexer.pipeline import BuildOptions
+
+    assert BuildOptions().index_type == DEFAULT_INDEX_TYPE == parser().parse_args(["build"]).index_type == "ivf"
+
+
+def test_every_setting_is_documented_in_help_env_example_and_readme() -> None:
+    """Every variable a Settings field reads has a --help line, a line in .env.example and a README row."""
+    from musicrec.service.settings import SERVICE_HELP
+
+    names = {f.name.upper() for f in fields(Settings)}
+    assert set(SERVICE_HELP) == names
+    example = (REPO / ".env.example").read_text()
+    listed = {line.lstrip("# ").split("=", 1)[0] for line in example.splitlines() if "=" in line}
+    assert names <= listed, names - listed
+    readme = (REPO / "README.md").read_text()
+    assert [n for n in sorted(names) if f"`{n}`" not in readme] == []
+    # The example's values are the defaults: copying it changes nothing.
+    env = {k: v for k, v in (line.split("=", 1) for line in example.splitlines() if "=" in line and not line.startswith("#"))}
+    assert Settings.from_env(env, env_file=None) == Settings()

@@ -26,11 +26,13 @@ import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError
 
+from musicrec.config import DEFAULT_SPOTIFY_API_URL, DEFAULT_SPOTIFY_TOKEN_URL
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_API_URL = "https://api.spotify.com/v1/"
-DEFAULT_TOKEN_URL = "https://accounts.spotify.com/api/token"
+DEFAULT_API_URL = DEFAULT_SPOTIFY_API_URL
+DEFAULT_TOKEN_URL = DEFAULT_SPOTIFY_TOKEN_URL
 TRACK_ID = re.compile(r"[0-9A-Za-z]{22}")
 _PLAYLIST = re.compile(r"(?:spotify:playlist:|open\.spotify\.com/(?:[^/]+/)*playlist/)?([0-9A-Za-z]{22})(?:[?#/].*)?$")
 AUDIO_FEATURE_KEYS = ("danceability", "energy", "key", "loudness", "mode", "speechiness", "acousticness",
@@ -80,13 +82,20 @@ class SpotifyConfig:
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "SpotifyConfig":
         """SPOTIPY_CLIENT_ID / SPOTIPY_CLIENT_SECRET (spotipy's own names); SPOTIFY_API_URL and
         SPOTIFY_TOKEN_URL point elsewhere (a proxy, or the tests' fake server)."""
-        client_id = environ.get("SPOTIPY_CLIENT_ID", "").strip()
-        secret = environ.get("SPOTIPY_CLIENT_SECRET", "").strip()
-        if not client_id or not secret:
-            raise SpotifyAuthError("set SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET (a Spotify app's "
-                                   "client-credentials) to read from the Spotify Web API")
-        return cls(client_id, secret, api_url=environ.get("SPOTIFY_API_URL") or DEFAULT_API_URL,
-                   token_url=environ.get("SPOTIFY_TOKEN_URL") or DEFAULT_TOKEN_URL, **overrides)
+        return cls.checked(environ.get("SPOTIPY_CLIENT_ID", ""), environ.get("SPOTIPY_CLIENT_SECRET", ""),
+                           api_url=environ.get("SPOTIFY_API_URL") or DEFAULT_API_URL,
+                           token_url=environ.get("SPOTIFY_TOKEN_URL") or DEFAULT_TOKEN_URL, **overrides)
+
+    @classmethod
+    def checked(cls, client_id: str, client_secret: str, **options: Any) -> "SpotifyConfig":
+        """A config whose credentials are both present (SpotifyAuthError names what is missing)."""
+        client_id, client_secret = client_id.strip(), client_secret.strip()
+        missing = [name for name, value in (("SPOTIPY_CLIENT_ID", client_id), ("SPOTIPY_CLIENT_SECRET", client_secret))
+                   if not value]
+        if missing:
+            raise SpotifyAuthError(f"set {' and '.join(missing)} (a Spotify app's client-credentials) to read from "
+                                   "the Spotify Web API")
+        return cls(client_id, client_secret, **options)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def _local_features(local: Catalog | None) -> dict[str, dict[str, float]]:
     return {i: dict(zip(local.features, row)) for i, row in zip(frame["id"].tolist(), values.tolist())}
 
 
-def load_spotify_catalog(playlists: list[str], *, environ: Mapping[str, str], snapshot: Path,
+def load_spotify_catalog(playlists: list[str], *, config: SpotifyConfig | None = None, snapshot: Path,
                          local_csv: Path | None = None, client: SpotifyClient | None = None) -> tuple[Catalog, FetchReport]:
     """Fetch, snapshot to ``snapshot`` (CSV) and clean. Spotify failures become one-line DataErrors."""
     local = None
@@ -130,7 +130,10 @@ def load_spotify_catalog(playlists: list[str], *, environ: Mapping[str, str], sn
 
         local = load_csv(local_csv)
     try:
-        client = client or SpotifyClient(SpotifyConfig.from_env(environ, max_attempts=6, max_wait_s=60.0))
+        if client is None:
+            if config is None:
+                raise ValueError("give the Spotify config or a client")
+            client = SpotifyClient(config)
         frame, report = fetch_frame(client, playlists, local)
     except ValueError as exc:
         raise DataError(WHERE, str(exc)) from None

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
+DEFAULT_INDEX_TYPE = "ivf"  # chosen by benchmarks/index_bench.py (benchmarks/README.md); flat is exact
 DEFAULT_EF_SEARCH = 64
 DEFAULT_NPROBE = 32  # recall@20 ≥ 0.99 at 114k and 1M (benchmarks/README.md)
 
@@ -33,7 +34,7 @@ def factory_string(index_type: str, n_vectors: int) -> str:
     raise IndexBuildError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
 
 
-def build_index(embeddings: np.ndarray, index_type: str = "flat", *, seed: int = 0) -> faiss.Index:
+def build_index(embeddings: np.ndarray, index_type: str = DEFAULT_INDEX_TYPE, *, seed: int = 0) -> faiss.Index:
     """Build an inner-product index; vectors are added in row order so ids are row numbers."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
+from musicrec.config import OfflineSettings, SettingsError
 from musicrec.data.schema import DataError
 from musicrec.index.artifacts import ArtifactError
-from musicrec.index.faiss_index import INDEX_TYPES, IndexBuildError
+from musicrec.index.faiss_index import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexBuildError
 from musicrec.indexer.errors import ModelFitError
 
 log = logging.getLogger("indexer")
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                    help="size of the synthetic demo catalog used when there is no CSV (default 5000)")
     b.add_argument("--epochs", type=_positive, default=40)
     b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--index-type", choices=INDEX_TYPES, default="ivf",
+    b.add_argument("--index-type", choices=INDEX_TYPES, default=DEFAULT_INDEX_TYPE,
                    help="ivf (default: chosen by benchmarks/index_bench.py, see benchmarks/README.md), hnsw or flat (exact)")
     b.add_argument("--events", type=Path, metavar="DIR",
                    help="learn which tracks listeners play together from the event log in DIR (as written by "
@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_catalog(args: argparse.Namespace):
+def _load_catalog(args: argparse.Namespace, settings: OfflineSettings):
     from musicrec.data.demo import demo_catalog
     from musicrec.data.loader import load_csv
 
@@ -86,10 +86,9 @@ def _load_catalog(args: argparse.Namespace):
         from musicrec.data.spotify_source import load_spotify_catalog
 
         snapshot = (args.out.parent / f"{args.out.name}.spotify.csv" if args.out else
-                    (args.root or Path(os.environ.get("ARTIFACTS_DIR") or "artifacts"))
-                    / f"spotify-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv")
-        catalog, report = load_spotify_catalog(args.spotify_playlist, environ=os.environ, snapshot=snapshot,
-                                               local_csv=csv)
+                    (args.root or settings.artifacts_dir) / f"spotify-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv")
+        catalog, report = load_spotify_catalog(args.spotify_playlist, config=settings.spotify_config(
+            max_attempts=6, max_wait_s=60.0), snapshot=snapshot, local_csv=csv)
         print("\n".join(report.lines()))
         return catalog
     if csv is None:
@@ -98,15 +97,15 @@ def _load_catalog(args: argparse.Namespace):
     return load_csv(csv)
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def cmd_build(args: argparse.Namespace, settings: OfflineSettings) -> int:
     from musicrec.indexer.pipeline import BuildOptions, build_version
 
-    catalog = _load_catalog(args)
+    catalog = _load_catalog(args, settings)
     for warning in catalog.report.warnings:
         log.warning("%s", warning)
     options = BuildOptions(epochs=args.epochs, seed=args.seed, index_type=args.index_type, progress=not args.quiet,
                            events=args.events)
-    root = None if args.out else (args.root or Path(os.environ.get("ARTIFACTS_DIR") or "artifacts"))
+    root = None if args.out else (args.root or settings.artifacts_dir)
     result = build_version(catalog, options, out=args.out, root=root, replace=args.force)
     m = result.manifest
     print(f"artefacts: {result.path}" + (f"  (current → {m.model_version})" if root else ""))
@@ -152,7 +151,7 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     print(f"reconstruction MSE: {metrics['reconstruction_mse']:.5f}  ANN recall@20 vs exact: {metrics['ann_recall@20']:.4f}")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, settings: OfflineSettings) -> int:
     from musicrec.indexer.evaluation_run import evaluate_artifacts
 
     metrics = evaluate_artifacts(args.artifacts, sample=args.sample)
@@ -160,20 +159,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_consume(args: argparse.Namespace) -> int:
+def cmd_consume(args: argparse.Namespace, settings: OfflineSettings) -> int:
     import asyncio
 
     from aiokafka.errors import KafkaError
 
-    from musicrec.indexer.consume import DEFAULT_GROUP, DEFAULT_TOPIC, ConsumeOptions, consume_until_signalled
+    from musicrec.indexer.consume import DEFAULT_GROUP, ConsumeOptions, consume_until_signalled
 
-    bootstrap = (args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "").strip()
+    bootstrap = (args.bootstrap_servers or settings.kafka_bootstrap_servers).strip()
     if not bootstrap:
         print("error: no Kafka bootstrap servers: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS",
               file=sys.stderr)
         return 2
     options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap,
-                             topic=args.topic or os.environ.get("KAFKA_TOPIC") or DEFAULT_TOPIC,
+                             topic=args.topic or settings.kafka_topic,
                              group_id=args.group or DEFAULT_GROUP, max_events=args.max_events, max_age_s=args.max_age_s,
                              until_idle_s=args.until_idle, progress_interval_s=args.progress_s)
     try:
@@ -192,12 +191,19 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+    try:
+        settings = OfflineSettings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from musicrec.data.spotify import SpotifyAuthError
+
     try:
         commands = {"build": cmd_build, "eval": cmd_eval, "consume": cmd_consume}
-        return commands[args.command](args)
-    except (DataError, ArtifactError, IndexBuildError) as exc:
+        return commands[args.command](args, settings)
+    except (DataError, ArtifactError, IndexBuildError, SpotifyAuthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelFitError as exc:

@@ -24,12 +24,13 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from musicrec.config import DEFAULT_KAFKA_TOPIC
 from musicrec.data.events import Event, decode_event
 from musicrec.indexer.event_dataset import partition_date, write_events
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC: Final = "music-events"
+DEFAULT_TOPIC: Final = DEFAULT_KAFKA_TOPIC
 DEFAULT_GROUP: Final = "musicrec-indexer"
 DEAD_LETTER_NAME: Final = "_dead_letter.jsonl"
 """Leading ``_``: Parquet readers skip it when reading the event directory as a dataset."""

@@ -31,10 +31,11 @@ from musicrec.index.artifacts import (
 )
 from musicrec.index.catalog import TrackTable
 from musicrec.index.colisten import ColistenTable
-from musicrec.index.faiss_index import build_index, factory_string, save_index
+from musicrec.index.faiss_index import DEFAULT_INDEX_TYPE, build_index, factory_string, save_index
 from musicrec.index.recommend import NeighbourMemo, Recommender, ScoringParams
 from musicrec.indexer.blend import BlendConfig, Fold, choose_blend, continuation_queries, held_out_clients
 from musicrec.indexer.colisten import ColistenConfig, describe, fit_colisten, sessions_from_log
+from musicrec.indexer.errors import ModelFitError
 from musicrec.indexer.evaluate import ann_recall, genre_agreement_report
 from musicrec.indexer.train import TrainConfig, TrainResult, train_autoencoder
 from musicrec.models.autoencoder import embed, reconstruction_mse
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 class BuildOptions:
     epochs: int = 40
     seed: int = 42
-    index_type: str = "flat"
+    index_type: str = DEFAULT_INDEX_TYPE
     batch_size: int = 256
     progress: bool = True
     eval_sample: int = 2000
@@ -157,6 +158,8 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
     created = datetime.now(timezone.utc)
     scaler, scaled, trained, embeddings = train_and_embed(catalog, options)
     model = trained.model
+    if not np.isfinite(embeddings).all():  # an IVF index cannot even be trained on them: say so, not faiss
+        raise ModelFitError("the trained encoder gives NaN or infinite embeddings")
     index = build_index(embeddings, options.index_type, seed=options.seed)
     # Every track's ANN answer, searched now so the service never searches at request time.
     memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)

@@ -27,10 +27,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from musicrec.index.engine import Engine
-from musicrec.data.spotify import (
-    DEFAULT_API_URL, DEFAULT_TOKEN_URL, TRACK_ID, SpotifyClient, SpotifyConfig, SpotifyError, SpotifyNotFound,
-    SpotifyUnavailable,
-)
+from musicrec.data.spotify import TRACK_ID, SpotifyClient, SpotifyError, SpotifyNotFound, SpotifyUnavailable
 from musicrec.data.schema import impute_features
 from musicrec.index.catalog import song_title
 from musicrec.index.recommend import Hit, Query, Seed
@@ -195,14 +192,10 @@ def online_service(state: Any) -> OnlineService | None:
     if existing is not None:
         return existing
     settings = state.settings
-    if getattr(settings, "mode", "offline") != "online":
+    if settings.mode != "online":
         return None
-    config = SpotifyConfig(
-        client_id=settings.spotipy_client_id or "", client_secret=settings.spotipy_client_secret or "",
-        api_url=getattr(settings, "spotify_api_url", None) or DEFAULT_API_URL,
-        token_url=getattr(settings, "spotify_token_url", None) or DEFAULT_TOKEN_URL,
-        timeout_s=3.0, max_attempts=3, backoff_s=0.25, max_wait_s=2.0,  # a page waits seconds, not minutes
-    )
+    # Settings refuse MODE=online without both credentials, so this cannot raise SpotifyAuthError.
+    config = settings.spotify_config(timeout_s=3.0, max_attempts=3, backoff_s=0.25, max_wait_s=2.0)  # seconds, not minutes
     service = OnlineService(SpotifyClient(config), TrackCache(settings.redis_url, timeout_s=settings.redis_timeout_s))
     state.online = service
     return service
