@@ -30,6 +30,7 @@ from musicrec.service.errors import EXCEPTION_HANDLERS
 from musicrec.service.events import EventSink, open_event_sink
 from musicrec.service.metrics import RequestMetrics, ServiceMetrics
 from musicrec.service.reload import Reloader
+from musicrec.service.request_id import RequestId
 from musicrec.service.sessions import SessionStore, open_session_store
 from musicrec.service.settings import Settings
 
@@ -102,8 +103,10 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             "metrics": Provide(provide_metrics, sync_to_thread=False),
         },
         lifespan=[lifespan],
+        logging_config=None,  # logging is the process's (musicrec/logs.py), one format for uvicorn and us
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
+        middleware=[DefineMiddleware(RequestId, access_log=settings.access_log),
+                    DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="musicrec", version="0.1.0", path="/schema"),
         state=State({"settings": settings}),
