@@ -54,3 +54,11 @@ def test_text_and_json_formats_carry_the_request_id() -> None:
     plain = logging.makeLogRecord({"name": "musicrec.x", "levelname": "INFO", "msg": "no request"})
     logs.RequestIdFilter().filter(plain)
     assert logs.TextFormatter().format(plain).endswith("INFO musicrec.x: no request")
+
+
+@pytest.mark.anyio
+async def test_single_process_metrics_include_process_figures(client: AsyncTestClient) -> None:
+    text = (await client.get("/metrics")).text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info",
+                 "musicrec_events_produced_total", "musicrec_model_info"):
+        assert re.search(rf"^{name}[ {{]", text, re.M), name

@@ -71,12 +71,16 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             if engine.artifacts.manifest.demo:
                 log.warning("serving the SYNTHETIC DEMO catalog (%s): build with --csv for real tracks",
                             engine.model_version)
+            stack.callback(metrics.close)
             metrics.watch(lambda: {
                 "produced": events.produced, "dropped": events.dropped, "buffered": events.buffered,
                 "redis_degraded": sessions.status == "degraded", "kafka_degraded": events.status == "degraded",
                 "model_version": holder.current.model_version, "demo": holder.current.artifacts.manifest.demo,
                 "answer_hits": answers.hits, "answer_misses": answers.misses,
             })
+            if metrics.multiprocess:  # several workers: keep this one's figures in the shared files fresh
+                refresher = asyncio.create_task(metrics.refresh_loop(), name="metrics-refresh")
+                stack.callback(refresher.cancel)
             log.info("ready: model %s, sessions %s, events %s", engine.model_version, sessions.status, events.status)
             yield
 
