@@ -114,7 +114,7 @@ def test_eval_defaults_to_artifacts_dir(demo_artifacts: Path, capsys: pytest.Cap
     monkeypatch.setenv("ARTIFACTS_DIR", str(demo_artifacts))
     assert main(["eval", "--sample", "200"]) == 0
     out = capsys.readouterr().out
-    assert "genre agreement@10: embedding" in out
+    assert "genre agreement@10: embedding" in out and "good:" in out and "higher is better" in out
 
 
 def test_rebuild_consumes_until_idle_then_builds_with_those_events(kafka_bootstrap: str, tmp_path: Path,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,24 @@ def test_full_build_on_the_114k_catalog(real_artifacts: Path) -> None:
     # The embedding must not lose what the raw features know about genre.
     metrics = manifest["metrics"]
     assert metrics["genre_agreement@10_embedding"] >= 0.9 * metrics["genre_agreement@10_raw"]
+
+
+def test_build_output_is_one_line_per_step_around_the_bar_and_a_summary_that_explains(tmp_path: Path) -> None:
+    """Run as a person would (progress on): every step announces itself, no log line is written into the
+    training bar, and the summary says what each quality figure means and what a good value is."""
+    proc = subprocess.run([sys.executable, "-m", "musicrec", "build", "--demo", "400", "--epochs", "3",
+                           "--root", str(tmp_path / "art")], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    steps = re.findall(r"step (\d)/(\d) (\S+): ", proc.stderr)
+    assert [name for *_, name in steps] == ["train", "embed", "index", "neighbours", "evaluate", "write", "check"]
+    assert all(total == "7" for _, total, _ in steps) and [int(i) for i, *_ in steps] == list(range(1, 8))
+    assert "training" in proc.stderr  # the bar was drawn
+    for line in proc.stderr.split("\n"):
+        visible = line.rsplit("\r", 1)[-1].strip()  # what a terminal shows once the bar has redrawn
+        assert not visible or re.match(r"\d{4}-\d\d-\d\d |training", visible), repr(line)
+        assert not ("training:" in visible and " INFO " in visible), repr(line)
+    assert "epoch 1/3" not in proc.stderr  # per-epoch losses live in the bar's postfix, not in lines that break it
+    out = proc.stdout
+    assert "higher is better" in out and "good:" in out and "1.0 = no better than the mean" in out
+    assert re.search(r"seconds per step: train \d+\.\d, embed \d+\.\d, index", out)

@@ -88,7 +88,7 @@ def add_build_arguments(b: argparse.ArgumentParser, *, single_version: bool = Tr
                             "content only)")
     if single_version:
         b.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
-    b.add_argument("--quiet", action="store_true", help="only the summary and warnings (default: a progress bar and per-epoch lines)")
+    b.add_argument("--quiet", action="store_true", help="only the summary and warnings (default: a progress bar and one line per build step)")
 
 
 def add_eval_arguments(e: argparse.ArgumentParser) -> None:
@@ -199,7 +199,8 @@ def cmd_build(args: argparse.Namespace, settings: OfflineSettings) -> int:
     if m.events:
         _print_events(m.events, m.scoring)
     _print_metrics(m.metrics)
-    print(f"build time: {m.build_seconds:.1f} s")
+    steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.steps.items())
+    print(f"build time: {m.build_seconds:.1f} s" + (f"  (seconds per step: {steps})" if steps else ""))
     return 0
 
 
@@ -225,10 +226,17 @@ def _print_events(report: dict[str, object], scoring: dict[str, float | None]) -
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
+    """The quality figures, each with what it measures and what a good value is."""
     emb, raw = metrics.get("genre_agreement@10_embedding"), metrics.get("genre_agreement@10_raw")
-    print(f"genre agreement@10: embedding {emb:.4f}  standardised raw features {raw:.4f}  "
-          f"({int(metrics.get('genre_agreement_queries', 0))} query tracks)")
-    print(f"reconstruction MSE: {metrics['reconstruction_mse']:.5f}  ANN recall@20 vs exact: {metrics['ann_recall@20']:.4f}")
+    queries = int(metrics.get("genre_agreement_queries", 0))
+    print(f"genre agreement@10: embedding {emb:.4f}  standardised raw features {raw:.4f}  ({queries} query tracks)")
+    print("  = share of a track's 10 nearest neighbours that share one of its genres (higher is better); good: the\n"
+          "    embedding at least 0.9x the raw features' figure (the 114k catalog: 0.17 and 0.17, since audio\n"
+          "    features explain genre only in part); far below it, the model lost what the features know")
+    print(f"reconstruction MSE: {metrics['reconstruction_mse']:.5f}  (decoded vs standardised features; 1.0 = no "
+          "better than the mean; good: below 0.05)")
+    print(f"ANN recall@20 vs exact: {metrics['ann_recall@20']:.4f}  (share of the exact top 20 the index finds; "
+          "good: 0.95 or more; below 0.9 a build into a root is not published)")
 
 
 def cmd_eval(args: argparse.Namespace, settings: OfflineSettings) -> int:
@@ -283,6 +291,8 @@ def cmd_rebuild(args: argparse.Namespace, settings: OfflineSettings) -> int:
 
 def run(args: argparse.Namespace, settings: OfflineSettings | None = None) -> int:
     """Run a parsed command: one-line errors with exit 2 for bad input, 1 for a failed fit or Kafka."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from musicrec import logs
 
     try:
@@ -294,7 +304,8 @@ def run(args: argparse.Namespace, settings: OfflineSettings | None = None) -> in
     from musicrec.data.spotify import SpotifyAuthError
 
     try:
-        return args.func(args, settings)
+        with logging_redirect_tqdm():  # log lines go above the progress bar instead of through it
+            return args.func(args, settings)
     except (DataError, ArtifactError, IndexBuildError, SpotifyAuthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from musicrec.indexer.blend import BlendConfig, Fold, choose_blend, continuation
 from musicrec.indexer.colisten import ColistenConfig, describe, fit_colisten, sessions_from_log
 from musicrec.indexer.errors import ModelFitError
 from musicrec.indexer.evaluate import ann_recall, genre_agreement_report
+from musicrec.indexer.progress import Steps
 from musicrec.indexer.train import TrainConfig, TrainResult, train_autoencoder
 from musicrec.models.autoencoder import embed, reconstruction_mse
 from musicrec.models.scaler import StandardScaler
@@ -67,6 +68,8 @@ class BuildOptions:
 class BuildResult:
     path: Path
     manifest: Manifest
+    steps: dict[str, float] = field(default_factory=dict)
+    """Seconds per build step, in order (the CLI's summary)."""
 
 
 class VersionCheckError(ArtifactError):
@@ -107,7 +110,8 @@ def _source_info(catalog: Catalog) -> SourceInfo:
     return SourceInfo(path=str(Path(catalog.source).resolve()), sha256=sha256_file(catalog.source), rows=rows)
 
 
-def train_and_embed(catalog: Catalog, options: BuildOptions) -> tuple[StandardScaler, np.ndarray, TrainResult, np.ndarray]:
+def train_and_embed(catalog: Catalog, options: BuildOptions,
+                    steps: Steps | None = None) -> tuple[StandardScaler, np.ndarray, TrainResult, np.ndarray]:
     """Fit the scaler and the autoencoder on the catalog and embed every track."""
     raw = catalog.tracks[catalog.features].to_numpy(dtype=np.float64)
     scaler = StandardScaler.fit(raw, catalog.features)
@@ -115,6 +119,8 @@ def train_and_embed(catalog: Catalog, options: BuildOptions) -> tuple[StandardSc
     config = TrainConfig(epochs=options.epochs, seed=options.seed, batch_size=options.batch_size, progress=options.progress,
                          threads=options.threads)
     result = train_autoencoder(scaled, config)
+    if steps is not None:
+        steps.start("embed", f"{len(scaled):,} tracks to {result.model.latent_dim}-d unit vectors")
     return scaler, scaled, result, embed(result.model, scaled)
 
 
@@ -156,17 +162,26 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         raise DataError(str(options.events), "no such event log directory")  # before minutes of training
     started = time.perf_counter()
     created = datetime.now(timezone.utc)
-    scaler, scaled, trained, embeddings = train_and_embed(catalog, options)
+    steps = Steps(6 + (options.events is not None) + (root is not None), log)
+    steps.start("train", f"autoencoder on {len(catalog.tracks):,} tracks × {len(catalog.features)} features, "
+                f"up to {options.epochs} epochs (stops early when validation loss stalls)")
+    scaler, scaled, trained, embeddings = train_and_embed(catalog, options, steps)
     model = trained.model
     if not np.isfinite(embeddings).all():  # an IVF index cannot even be trained on them: say so, not faiss
         raise ModelFitError("the trained encoder gives NaN or infinite embeddings")
+    steps.start("index", f"{factory_string(options.index_type, len(embeddings))} over {len(embeddings):,} vectors")
     index = build_index(embeddings, options.index_type, seed=options.seed)
+    steps.start("neighbours", f"every track's {ScoringParams().min_depth} ANN neighbours, so the service never "
+                "searches while answering")
     # Every track's ANN answer, searched now so the service never searches at request time.
     memo = NeighbourMemo.for_index(index, len(embeddings), ScoringParams().min_depth)
     neighbours = memo.fill(index, embeddings)
     colisten, scoring, events_report = None, {}, {}
     if options.events is not None:
+        steps.start("co-listening", f"what listeners play together in {options.events}, and the scoring blend "
+                    "chosen on held-out listeners")
         colisten, scoring, events_report = learn_from_events(catalog, options, embeddings, index, neighbours)
+    steps.start("evaluate", "genre agreement, reconstruction error and ANN recall")
     metrics = {
         "reconstruction_mse": reconstruction_mse(model, scaled),
         **genre_agreement_report(embeddings, scaled, catalog.tracks["genres"].tolist(), sample=options.eval_sample, seed=options.seed),
@@ -175,6 +190,7 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
     model_version = _model_version(embeddings, created)
     target = out if out is not None else root / model_version
     staged = stage_dir(target)
+    steps.start("write", f"the model, the index, the track table, its lookups and the manifest into {target}")
     try:
         torch.save(model.state_dict(), staged / MODEL)
         scaler_doc = scaler.to_dict() | {"medians": catalog.report.medians}
@@ -221,10 +237,11 @@ def build_version(catalog: Catalog, options: BuildOptions, *, out: Path | None =
         shutil.rmtree(staged, ignore_errors=True)
         raise
     if root is not None:
+        steps.start("check", f"the new version loads and its ANN recall@20 reaches {options.min_ann_recall}")
         try:
             check_version(target, min_ann_recall=options.min_ann_recall, seed=options.seed)
         except VersionCheckError as exc:
             raise VersionCheckError(f"{exc}; current still points at {_current_target(root)}") from exc
         publish(root, target)
     log.info("built %s (%d tracks) in %.1fs", target, manifest.n_tracks, manifest.build_seconds)
-    return BuildResult(target, manifest)
+    return BuildResult(target, manifest, steps.finish())

@@ -92,7 +92,8 @@ def train_autoencoder(scaled: np.ndarray, config: TrainConfig = TrainConfig()) -
             raise ModelFitError(f"training diverged at epoch {epoch} (train {train_loss}, val {val_loss})")
         history.append((train_loss, val_loss))
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        log.info("epoch %d/%d train_loss=%.5f val_loss=%.5f", epoch, config.epochs, train_loss, val_loss)
+        # The bar's postfix shows the losses; an INFO line per epoch would break the bar on every epoch.
+        log.debug("epoch %d/%d train_loss=%.5f val_loss=%.5f", epoch, config.epochs, train_loss, val_loss)
         if val_loss < best[0]:
             best = (val_loss, epoch, copy.deepcopy(model.state_dict()), train_loss)
         # Patience counts epochs without a *meaningful* gain; the best weights are kept regardless.
