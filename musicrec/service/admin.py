@@ -7,6 +7,7 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from musicrec.service.errors import Conflict, Forbidden, Unauthorized
+from musicrec.service.openapi import documented
 from musicrec.service.reload import ReloadResult
 
 
@@ -18,8 +19,13 @@ def _authorise(request: Request, token: str) -> None:
         raise Unauthorized("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")
 
 
-@post("/admin/reload", status_code=200, summary="Load the artefact version `current` points at (token required)")
+@post("/admin/reload", status_code=200, summary="Load the artefact version `current` points at (token required)",
+      **documented("operations", errors=(401, 403, 409, 429, 503), admin=True,
+                   example={"swapped": True, "model_version": "20261201T093345Z-e5d67f7b",
+                            "path": "artifacts/20261201T093345Z-e5d67f7b"}))
 async def admin_reload(request: Request, state: State) -> dict[str, object]:
+    """Only the worker that answers swaps at once; the others notice within ``RELOAD_POLL_S``. A version that
+    fails to load is refused (409) and the old one keeps serving."""
     _authorise(request, state.settings.admin_token)
     result: ReloadResult = await state.reloader.check(force=True)
     if result.error:

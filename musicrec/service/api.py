@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, TypeAlias
 
 from litestar import MediaType, Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -17,9 +20,10 @@ from musicrec.index.browse import BrowseQuery
 from musicrec.service.clients import client_id, remember
 from musicrec.service.deps import EngineDep, MetricsDep, SessionsDep
 from musicrec.index.engine import Engine
-from musicrec.service.errors import BadRequest, NotFound
+from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
 from musicrec.service.metrics import ServiceMetrics
+from musicrec.service.openapi import API_ERRORS, EXAMPLE_CLIENT, EXAMPLE_TRACK, documented
 from musicrec.service.schemas import (
     EventAccepted, EventIn, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
     SongRecommendation, SongsPage,
@@ -55,13 +59,28 @@ ServingDep: TypeAlias = NamedDependency[SkipValidation[Serving]]
 SERVING = {"serving": Provide(provide_serving, sync_to_thread=False)}
 
 
+def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """A body declared as something other than JSON is a 415 (no Content-Type is read as JSON)."""
+    kind = connection.headers.get("content-type")
+    if kind is not None:
+        media = kind.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {media!r}")
+
+
+SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre": "acoustic", "popularity": 73}
+
+
 @get("/api/songs_recommendations", dependencies=SERVING,
-     summary="Next tracks for the caller's session (the seed design's contract)")
+     summary="Next tracks for the caller's session (the seed design's contract)",
+     **documented("recommendations", listener=True, example=[SONG | {"score": 0.93172, "because": EXAMPLE_TRACK[::-1]}]))
 async def songs_recommendations(
     request: Request, serving: ServingDep,
-    k: Annotated[int, Parameter(ge=1, le=200)] = 20,
-    diversity: Annotated[float, Parameter(ge=0.0, le=1.0)] = 0.0,
+    k: Annotated[int, Parameter(ge=1, le=200, description="how many tracks", examples=[Example(value=20)])] = 20,
+    diversity: Annotated[float, Parameter(ge=0.0, le=1.0, description="0: closest first; up to 1: more varied")] = 0.0,
 ) -> Response[list[SongRecommendation]]:
+    """Scored from the listener's recent views, likes (weigh more) and skips (push away); a new listener gets
+    popular tracks spread across genres. ``because`` is the session track that earned each one."""
     client, is_new = client_id(request)
     events = [] if is_new else await serving.sessions.recent(client)
     started = time.perf_counter()
@@ -70,17 +89,29 @@ async def songs_recommendations(
     return remember(Response(body, media_type=MediaType.JSON), client, is_new)
 
 
-@post("/api/recommendations", status_code=200, dependencies=SERVING,
-      summary="Playlist continuation from given tracks (stateless)")
+@post("/api/recommendations", status_code=200, dependencies=SERVING, guards=[json_only],
+      summary="Playlist continuation from given tracks (stateless)",
+      **documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
+                   body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
+                   example={"items": [SONG | {"album": "Comedy", "score": 0.93172, "because": EXAMPLE_TRACK}],
+                            "model_version": "20261201T093345Z-e5d67f7b", "unknown_ids": []}))
 async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep) -> RecommendResponse:
+    """Every known id is an equally weighted seed; ids the catalog lacks come back in ``unknown_ids`` (404 when
+    none is known). Filters still fill ``k``; exclusions and negatives are never returned."""
     started = time.perf_counter()
     answer = logic.recommend_tracks(serving.engine, data)
     serving.metrics.recommendation_seconds.labels("tracks").observe(time.perf_counter() - started)
     return answer
 
 
-@post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, summary="Record a view, skip or like")
+@post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, guards=[json_only],
+      summary="Record a view, skip or like",
+      **documented("events", errors=(*API_ERRORS, 404, 413, 415), listener=True,
+                   body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
+                   example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT, "type": "like"}))
 async def post_event(request: Request, data: JSONBody[EventIn], serving: ServingDep) -> Response[EventAccepted]:
+    """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream
+    (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``."""
     engine = serving.engine
     kind = logic.normalise_event_type(data.type)
     client, is_new = client_id(request, data.client_id)
@@ -93,8 +124,12 @@ async def post_event(request: Request, data: JSONBody[EventIn], serving: Serving
     return remember(Response(EventAccepted(event.event_id, client, kind), status_code=HTTP_202_ACCEPTED), client, is_new)
 
 
-@get("/api/session", summary="The caller's recent events, newest first")
+@get("/api/session", summary="The caller's recent events, newest first",
+     **documented("session", listener=True, example={"client_id": EXAMPLE_CLIENT, "events": [
+         {"type": "like", "track_id": EXAMPLE_TRACK, "ts": 1796117687.5, "name": "Comedy"}]}))
 async def get_session(request: Request, engine: EngineDep, sessions: SessionsDep) -> Response[SessionOut]:
+    """At most ``SESSION_LEN`` events, for ``SESSION_TTL_S`` after the last one; ``name`` is null for a track
+    the served version no longer has."""
     client, is_new = client_id(request)
     recent = [] if is_new else await sessions.recent(client)
     t = engine.tracks
@@ -103,14 +138,19 @@ async def get_session(request: Request, engine: EngineDep, sessions: SessionsDep
     return remember(Response(SessionOut(client, out)), client, is_new)
 
 
-@delete("/api/session", status_code=HTTP_204_NO_CONTENT, summary="Forget the caller's session")
+@delete("/api/session", status_code=HTTP_204_NO_CONTENT, summary="Forget the caller's session",
+        **documented("session", listener=True))
 async def delete_session(request: Request, sessions: SessionsDep) -> None:
+    """The next recommendation starts from nothing (popular tracks); events already sent to Kafka stay there."""
     client, is_new = client_id(request)
     if not is_new:
         await sessions.clear(client)
 
 
-@get("/api/songs", summary="Search, filter, sort and page the catalog")
+@get("/api/songs", summary="Search, filter, sort and page the catalog",
+     **documented("catalog", example={"items": [SONG | {"artists": ["Gen Hoshino"], "album": "Comedy",
+                                                        "genres": ["acoustic", "j-pop"], "explicit": False}],
+                                      "total": 1, "page": 1, "per_page": 20}))
 async def list_songs(
     engine: EngineDep,
     q: Annotated[str, Parameter(max_length=200)] = "",
@@ -122,6 +162,7 @@ async def list_songs(
     page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
     per_page: Annotated[int, Parameter(ge=1, le=100)] = 20,
 ) -> SongsPage:
+    """``q`` matches words of the name, artists and album; ``genre`` must be one the catalog has (else 400)."""
     if genre and genre not in engine.tracks.genre_rows:
         raise BadRequest(f"unknown genre {genre!r}")
     if min_popularity > max_popularity:
@@ -131,8 +172,12 @@ async def list_songs(
     return SongsPage([logic.song(engine, int(r)) for r in rows], total, page, per_page)
 
 
-@get("/api/songs/{track_id:str}", summary="One track with its audio features")
+@get("/api/songs/{track_id:str}", summary="One track with its audio features",
+     **documented("catalog", errors=(*API_ERRORS, 404), example=SONG | {
+         "artists": ["Gen Hoshino"], "album": "Comedy", "genres": ["acoustic", "j-pop"], "explicit": False,
+         "features": {"danceability": 0.676, "energy": 0.461, "tempo": 87.917}, "duration_ms": 230666}))
 async def get_song(track_id: FromPath[str], engine: EngineDep) -> SongDetail:
+    """``features`` are the raw values the model was trained on, by name (the version's feature order)."""
     return logic.song_detail(engine, track_id)
 
 

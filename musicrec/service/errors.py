@@ -41,6 +41,12 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class UnsupportedMediaType(DomainError):
+    """A body the route cannot read as JSON (its Content-Type says something else)."""
+
+    status_code = 415
+
+
 class Overloaded(DomainError):
     status_code = 503
 

@@ -6,11 +6,13 @@ from litestar import Response, get
 from musicrec.service.deps import EngineDep, EventsDep, MetricsDep, SessionsDep
 from musicrec.index.engine import Engine
 from musicrec.service.events import EventSink
+from musicrec.service.openapi import documented
 from musicrec.service.sessions import SessionStore
 
 
-@get("/healthz", summary="The process is alive", include_in_schema=True)
+@get("/healthz", summary="The process is alive", **documented("operations", errors=(), example={"status": "ok"}))
 async def healthz() -> dict[str, str]:
+    """Always 200 while the worker's event loop runs: for a liveness probe, not for routing traffic."""
     return {"status": "ok"}
 
 
@@ -30,14 +32,21 @@ def readiness(engine: Engine, sessions: SessionStore, events: EventSink) -> dict
     }
 
 
-@get("/readyz", summary="Serving? Artefacts loaded; redis and kafka ok, degraded, memory or disabled")
+@get("/readyz", summary="Serving? Artefacts loaded; redis and kafka ok, degraded, memory or disabled",
+     **documented("operations", errors=(), example={"status": "ok", "degraded": [], "model_version": "20261201T093345Z-e5d67f7b",
+                                                    "demo": False, "redis": "ok", "kafka": "ok"}))
 async def readyz(engine: EngineDep, sessions: SessionsDep, events: EventsDep) -> dict[str, object]:
+    """200 whenever a version is loaded; a degraded dependency is named in ``degraded`` (the service still
+    answers from its fallbacks), so a probe may route traffic on ``status`` alone."""
     # Degraded dependencies still serve (fallbacks), so readiness stays 200 and says which.
     return readiness(engine, sessions, events)
 
 
-@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8",
+     **documented("operations", errors=()))
 async def metrics_endpoint(metrics: MetricsDep) -> Response[bytes]:
+    """Request latency by route and status, scoring time, event and cache counters, degraded flags, the model
+    version, and process figures; with several workers, the sum over all of them."""
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

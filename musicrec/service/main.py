@@ -17,7 +17,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -29,6 +28,7 @@ from musicrec.index.engine import Engine, EngineHolder, configure_faiss_threads
 from musicrec.service.errors import EXCEPTION_HANDLERS
 from musicrec.service.events import EventSink, open_event_sink
 from musicrec.service.metrics import RequestMetrics, ServiceMetrics
+from musicrec.service.openapi import REQUEST_ID_HEADER, docs_assets_router, openapi_config
 from musicrec.service.reload import Reloader
 from musicrec.service.request_id import RequestId
 from musicrec.service.sessions import SessionStore, open_session_store
@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
 
     return Litestar(
         route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *pages.ROUTES,
-                        create_static_files_router(path="/static", directories=[WEB_DIR / "static"])],
+                        create_static_files_router(path="/static", directories=[WEB_DIR / "static"]),
+                        docs_assets_router()],
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         middleware=[DefineMiddleware(RequestId, access_log=settings.access_log),
                     DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=OpenAPIConfig(title="musicrec", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
+        response_headers=[REQUEST_ID_HEADER],
         state=State({"settings": settings}),
     )

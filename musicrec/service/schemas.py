@@ -69,8 +69,13 @@ class SongRecommendation(Struct):
     reason: Reason
 
 
+EventType = Literal["track_view", "skip", "like", "track_view_offline", "track_view_online"]
+"""The event types a client may send: musicrec.data.events.EVENT_TYPES and the seed dataset's two spellings
+of a view (TYPE_ALIASES), which are recorded as track_view. An enum in the OpenAPI document."""
+
+
 class EventIn(Struct, forbid_unknown_fields=True):
-    type: Annotated[str, Meta(max_length=32)]
+    type: EventType
     track_id: TrackId
     position: Annotated[float, Meta(ge=0.0, le=86_400.0)] | None = None
     source: Annotated[str, Meta(max_length=64)] | None = None
@@ -121,6 +126,8 @@ class SongsPage(Struct):
 
 
 class ErrorBody(Struct):
+    """Every error's JSON body (musicrec.service.errors); declared for each error status in the OpenAPI document."""
+
     status_code: int
     detail: str
     extra: dict[str, object] | list[object] | None = None
