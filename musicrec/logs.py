@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
+import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -65,6 +65,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (a test's capture, a redirect)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
 def log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     """The dictConfig for ``level`` and ``fmt`` ("text" or "json"): one stderr handler on the root logger.
 
@@ -77,8 +92,7 @@ def log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
         "formatters": {"default": {"()": formatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "default", "filters": ["request_id"]}},
+        "handlers": {"stderr": {"()": StderrHandler, "formatter": "default", "filters": ["request_id"]}},
         "loggers": {**{name: {"level": level, "handlers": [], "propagate": True}
                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
                     "faiss.loader": {"level": "WARNING"}},  # which CPU build it picked: noise at INFO
@@ -87,5 +101,17 @@ def log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Apply ``log_config`` to this process (the commands that do not go through uvicorn)."""
-    logging.config.dictConfig(log_config(level, fmt))
+    """The same handler and format for a command that does not go through uvicorn (build, eval, …).
+
+    Unlike ``dictConfig`` this leaves other handlers on the root logger alone (a test runner's) and
+    replaces only the one it added before, so calling it twice in a process does not log twice.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(handler)
+    handler = StderrHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -297,11 +297,11 @@ async def test_recovery_writes_the_outage_events_and_clears_into_redis(redis_sto
     probe then finds the real Redis answering and takes back what memory collected.
     """
     store = redis_store
-    store.backoff_initial_s = 0.2
+    store.link.backoff_initial_s = 0.2
     for i in range(3):
         await store.append("gus", ev(i))           # before the outage: in Redis
     await store.append("hal", ev(0))
-    store._mark_down(ConnectionError("test outage"))
+    store.link.mark_down(ConnectionError("test outage"))
     assert store.status == "degraded"
     await store.append("gus", ev(3, "like"))        # during it: in memory only
     await store.append("gus", ev(4, "skip"))
@@ -323,7 +323,7 @@ async def test_a_failed_recovery_keeps_the_outage_events_for_the_next_attempt(
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     store = redis_store
-    store.backoff_initial_s = store.backoff_max_s = 0.1
+    store.link.backoff_initial_s = store.link.backoff_max_s = 0.1
     real_pipeline, failures = store.client.pipeline, [1]
 
     def flaky_pipeline(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -333,7 +333,7 @@ async def test_a_failed_recovery_keeps_the_outage_events_for_the_next_attempt(
         return real_pipeline(*args, **kwargs)
 
     monkeypatch.setattr(store.client, "pipeline", flaky_pipeline)
-    store._mark_down(ConnectionError("test outage"))
+    store.link.mark_down(ConnectionError("test outage"))
     await store.append("jo", ev(1))
     await store.append("jo", ev(2))
     assert await wait_for(lambda: store.status == "ok", 5.0)

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import anyio
 import pytest
 from litestar import Litestar
-from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 
-from musicrec.service.main import create_app
-from musicrec.service.online import CACHE_PREFIX, OnlineService, TrackCache, online_service
+from musicrec.service.main import Resources, create_app
+from musicrec.service.online import CACHE_PREFIX, OnlineService, online_service
 from musicrec.service.settings import Settings
 from musicrec.data.spotify import (
     SpotifyAuthError, SpotifyClient, SpotifyConfig, SpotifyNotFound, SpotifyRateLimited, SpotifyUnavailable, playlist_id,
@@ -223,7 +223,9 @@ def test_cli_without_any_features_fails_with_one_line(fake: FakeSpotify, local_c
     pid = _playlist_of_local_and_new(fake, local_catalog, 3, 2, features=False)
     code = main(["build", "--spotify-playlist", pid, "--out", str(tmp_path / "v"), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "403" in err and "--csv" in err
+    errors = [line for line in err.splitlines() if not line[:4].isdigit()]  # log records (timestamped) aside
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ") and "403" in err and "--csv" in err
+    assert "Traceback" not in err
     monkeypatch.delenv("SPOTIPY_CLIENT_SECRET")
     assert main(["build", "--spotify-playlist", pid, "--out", str(tmp_path / "v"), "--quiet"]) == 2
     assert "SPOTIPY_CLIENT_SECRET" in capsys.readouterr().err
@@ -238,10 +240,8 @@ def settings_for(artifacts: Path, **env: str) -> Settings:
 
 
 def online_app(artifacts: Path, client: SpotifyClient, redis_url: str) -> Litestar:
-    """The app in online mode with its Spotify client pointed at the fake (put where the app looks first)."""
-    app = create_app(settings_for(artifacts, REDIS_URL=redis_url))
-    app.state.online = OnlineService(client, TrackCache(redis_url))
-    return app
+    """The app in online mode with its Spotify client pointed at the fake (injected like any external client)."""
+    return create_app(settings_for(artifacts, REDIS_URL=redis_url), resources=Resources(spotify=client))
 
 
 @pytest.fixture(scope="module")
@@ -346,33 +346,67 @@ async def test_unknown_on_spotify_too_is_a_404_page(fake: FakeSpotify, demo_arti
 
 
 @pytest_anyio
-async def test_online_lookups_work_while_redis_is_down(fake: FakeSpotify, demo_artifacts: Path, redis_url: str,
-                                                       closed_port: int) -> None:
+async def test_online_lookups_work_while_redis_is_down_and_readyz_says_so(
+        fake: FakeSpotify, demo_artifacts: Path, closed_port: int) -> None:
+    """The track cache is on the worker's one Redis link: one outage, one fallback, shown in /readyz."""
     track_id = fresh_id()
     fake.add_track(track_id, "No Cache", "Anyway")
-    app = create_app(settings_for(demo_artifacts, REDIS_URL=redis_url))
-    cache = TrackCache(f"redis://127.0.0.1:{closed_port}/0")
-    app.state.online = OnlineService(client_for(fake), cache)
+    app = online_app(demo_artifacts, client_for(fake), f"redis://127.0.0.1:{closed_port}/0")
     async with AsyncTestClient(app) as c:
         assert (await c.get(f"/songs/{track_id}")).status_code == 200
         assert (await c.get(f"/songs/{track_id}")).status_code == 200
-    assert cache.status == "degraded" and fake.count("/v1/tracks/") == 1  # the second from the in-process LRU
+        ready = (await c.get("/readyz")).json()
+    assert fake.count("/v1/tracks/") == 1  # the second from the in-process LRU
+    assert ready["redis"] == "degraded" and ready["online"] == {"cache": "degraded"} and "redis" in ready["degraded"]
+
+
+@pytest_anyio
+async def test_the_track_cache_uses_the_sessions_redis_client_and_recovers_with_it(
+        fake: FakeSpotify, demo_artifacts: Path, redis_url: str) -> None:
+    """One pooled client and one outage state: Redis away at start, both fall back; back, both use it."""
+    import redis.asyncio as aioredis
+
+    from tests.test_sessions import SwitchableProxy
+
+    target = aioredis.from_url(redis_url)
+    port = target.connection_pool.connection_kwargs.get("port", 6379)
+    await target.aclose()
+    track_id = fresh_id()
+    fake.add_track(track_id, "Flapping", "Cache")
+    async with SwitchableProxy(port) as proxy:
+        app = online_app(demo_artifacts, client_for(fake), f"redis://127.0.0.1:{proxy.port}/0")
+        async with AsyncTestClient(app) as c:
+            online, sessions = app.state.online, app.state.sessions
+            assert online.cache.link is sessions.link and online.cache.link.client is sessions.client
+            assert (await c.get(f"/songs/{track_id}")).status_code == 200
+            ready = (await c.get("/readyz")).json()
+            assert ready["redis"] == "degraded" and ready["online"] == {"cache": "degraded"}
+            proxy.forwarding = True
+            for _ in range(200):
+                ready = (await c.get("/readyz")).json()
+                if ready["redis"] == "ok":
+                    break
+                await anyio.sleep(0.05)
+            assert ready["redis"] == "ok" and ready["online"] == {"cache": "ok"}
+    assert fake.count("/v1/tracks/") == 1
 
 
 @pytest_anyio
 async def test_offline_mode_never_asks_spotify(demo_artifacts: Path) -> None:
     settings = settings_for(demo_artifacts, MODE="offline")
-    assert online_service(State({"settings": settings})) is None
-    async with AsyncTestClient(create_app(settings)) as c:
+    assert online_service(settings, None) is None
+    app = create_app(settings)
+    async with AsyncTestClient(app) as c:
         response = await c.get(f"/songs/{fresh_id()}")
+        assert app.state.online is None and "online" not in (await c.get("/readyz")).json()
     assert response.status_code == 404 and "in this catalog" in response.text
 
 
-def test_online_service_is_built_from_settings_once(demo_artifacts: Path) -> None:
-    state = State({"settings": settings_for(demo_artifacts)})
-    service = online_service(state)
-    assert isinstance(service, OnlineService) and online_service(state) is service
-    assert service.client.config.client_id == CLIENT_ID and service.cache.status == "memory"
+def test_the_online_service_is_built_from_settings(demo_artifacts: Path) -> None:
+    settings = settings_for(demo_artifacts, SPOTIFY_API_URL="http://127.0.0.1:9/v1")
+    service = online_service(settings, None)
+    assert isinstance(service, OnlineService) and service.cache.status == "memory"
+    assert service.client.config.client_id == CLIENT_ID and service.client.config.api_url == "http://127.0.0.1:9/v1/"
 
 
 def test_the_offline_service_never_imports_torch(demo_artifacts: Path) -> None:

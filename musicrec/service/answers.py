@@ -8,8 +8,9 @@ the key, and a new model version never sees the old one's entries, which age out
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable
+
+from musicrec.service.lru import LRU
 
 AnswerKey = tuple[str, tuple[tuple[str, str], ...], int, float]
 
@@ -23,7 +24,7 @@ class AnswerCache:
         self.size = size
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[AnswerKey, bytes] = OrderedDict()
+        self._entries: LRU[AnswerKey, bytes] = LRU(max(size, 1))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -35,10 +36,8 @@ class AnswerCache:
         body = self._entries.get(key)
         if body is not None:
             self.hits += 1
-            self._entries.move_to_end(key)
             return body
         self.misses += 1
-        body = self._entries[key] = compute()
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        body = compute()
+        self._entries.put(key, body)
         return body

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.datastructures import State
 
 from musicrec.service.deps import EngineDep, EventsDep, MetricsDep, SessionsDep
 from musicrec.index.engine import Engine
 from musicrec.service.events import EventSink
+from musicrec.service.online import OnlineService
 from musicrec.service.openapi import documented
 from musicrec.service.sessions import SessionStore
 
@@ -16,10 +18,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def readiness(engine: Engine, sessions: SessionStore, events: EventSink) -> dict[str, object]:
+def readiness(engine: Engine, sessions: SessionStore, events: EventSink,
+              online: OnlineService | None = None) -> dict[str, object]:
     manifest = engine.artifacts.manifest
     degraded = [name for name, status in (("redis", sessions.status), ("kafka", events.status)) if status == "degraded"]
-    return {
+    out: dict[str, object] = {
         "status": "degraded" if degraded else "ok",
         "degraded": degraded,
         "artifacts": {"loaded": True, "model_version": manifest.model_version, "n_tracks": manifest.n_tracks,
@@ -30,16 +33,19 @@ def readiness(engine: Engine, sessions: SessionStore, events: EventSink) -> dict
         "kafka": events.status,
         "events": {"produced": events.produced, "buffered": events.buffered, "dropped": events.dropped},
     }
+    if online is not None:  # MODE=online: its track cache shares the worker's Redis link (and its outages)
+        out["online"] = {"cache": online.cache.status}
+    return out
 
 
 @get("/readyz", summary="Serving? Artefacts loaded; redis and kafka ok, degraded, memory or disabled",
      **documented("operations", errors=(), example={"status": "ok", "degraded": [], "model_version": "20261201T093345Z-e5d67f7b",
                                                     "demo": False, "redis": "ok", "kafka": "ok"}))
-async def readyz(engine: EngineDep, sessions: SessionsDep, events: EventsDep) -> dict[str, object]:
+async def readyz(engine: EngineDep, sessions: SessionsDep, events: EventsDep, state: State) -> dict[str, object]:
     """200 whenever a version is loaded; a degraded dependency is named in ``degraded`` (the service still
     answers from its fallbacks), so a probe may route traffic on ``status`` alone."""
     # Degraded dependencies still serve (fallbacks), so readiness stays 200 and says which.
-    return readiness(engine, sessions, events)
+    return readiness(engine, sessions, events, state.get("online"))
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8",

@@ -10,7 +10,7 @@ import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import anyio
 from litestar import Litestar
@@ -31,8 +31,12 @@ from musicrec.service.metrics import RequestMetrics, ServiceMetrics
 from musicrec.service.openapi import REQUEST_ID_HEADER, docs_assets_router, openapi_config
 from musicrec.service.reload import Reloader
 from musicrec.service.request_id import RequestId
-from musicrec.service.sessions import SessionStore, open_session_store
+from musicrec.service.online import online_service
+from musicrec.service.sessions import SessionStore, open_redis_link, open_session_store
 from musicrec.service.settings import Settings
+
+if TYPE_CHECKING:
+    from musicrec.data.spotify import SpotifyClient
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # the largest legitimate body (100 ids + 1,000 exclusions) is ~70 KB
@@ -46,6 +50,8 @@ class Resources:
     engine: Engine | None = None
     sessions: SessionStore | None = None
     events: EventSink | None = None
+    spotify: "SpotifyClient | None" = None
+    """Online mode's Spotify client (a test's points at a fake); None: one from settings."""
 
 
 def create_app(settings: Settings | None = None, *, resources: Resources | None = None) -> Litestar:
@@ -58,13 +64,17 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         async with AsyncExitStack() as stack:
             configure_faiss_threads(settings.faiss_threads)
             engine = given.engine or await anyio.to_thread.run_sync(Engine.load, settings.artifacts_dir)
-            sessions = given.sessions or await stack.enter_async_context(open_session_store(settings))
+            # One Redis client and outage state per worker, for the sessions and the online-track cache alike.
+            needs_redis = given.sessions is None or settings.mode == "online"
+            link = await stack.enter_async_context(open_redis_link(settings)) if needs_redis else None
+            sessions = given.sessions or await stack.enter_async_context(open_session_store(settings, link=link))
             events = given.events or await stack.enter_async_context(open_event_sink(settings))
             holder = EngineHolder(engine)
             reloader = Reloader(settings.artifacts_dir, holder)
             app.state.holder, app.state.sessions, app.state.events = holder, sessions, events
             app.state.answers = answers = AnswerCache(settings.answer_cache_size)
             app.state.reloader = reloader
+            app.state.online = online_service(settings, link, given.spotify)
             if settings.reload_poll_s > 0:
                 watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
                 stack.callback(watcher.cancel)

@@ -1,8 +1,9 @@
 """Online mode: a track that is not in the catalog, fetched from Spotify and placed among ours.
 
 ``/songs/<id>`` for an unknown id (``MODE=online`` only) asks Spotify for the track, its
-first artist's genres and its audio features, keeps the answer in Redis for a day (an
-in-process LRU when Redis is down or not configured), and, when features are known,
+first artist's genres and its audio features, keeps the answer in Redis for a day (through
+the worker's one ``RedisLink``, so it degrades and recovers with the session store and shows
+in /readyz; an in-process LRU beside it serves while Redis is down or not configured), and, when features are known,
 embeds them with the version's saved encoder and searches the index with that vector.
 
 Since 2024-11-27 Spotify answers 403 to new apps on ``audio-features``: the track keeps
@@ -16,21 +17,23 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import msgspec
 import numpy as np
-import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from musicrec.index.engine import Engine
 from musicrec.data.spotify import TRACK_ID, SpotifyClient, SpotifyError, SpotifyNotFound, SpotifyUnavailable
 from musicrec.data.schema import impute_features
 from musicrec.index.catalog import song_title
 from musicrec.index.recommend import Hit, Query, Seed
+from musicrec.service.lru import LRU
+from musicrec.service.sessions import REDIS_DOWN, RedisLink
+
+if TYPE_CHECKING:
+    from musicrec.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ CACHE_PREFIX = "musicrec:online:track:"
 TTL_S = 24 * 3600
 SHORT_TTL_S = 300        # features that failed for a transient reason are asked again soon
 NOT_FOUND = b"404"
-REDIS_DOWN = (RedisError, OSError, TimeoutError)  # any of these means "use memory", never a 500
 
 
 class OnlineTrack(msgspec.Struct, kw_only=True):
@@ -63,61 +65,35 @@ _DECODE = msgspec.json.Decoder(OnlineTrack)
 
 
 class TrackCache:
-    """Redis (a short timeout, a fresh connection per call: online lookups are rare) with an
-    in-process LRU beside it, used alone while Redis is down or when the URL is ``memory://``."""
+    """Spotify's answers by track id: in Redis on the worker's shared link, and in an in-process LRU
+    beside it that alone serves while the link is down, or always without Redis (``memory://``)."""
 
-    def __init__(self, redis_url: str | None, *, timeout_s: float = 0.25, retry_after_s: float = 30.0,
-                 memory_items: int = 2048) -> None:
-        self.redis_url = redis_url if redis_url and not redis_url.startswith("memory://") else None
-        self.timeout_s = timeout_s
-        self.retry_after_s = retry_after_s
-        self._down_until = 0.0
-        self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._memory_items = memory_items
+    def __init__(self, link: RedisLink | None, *, memory_items: int = 2048) -> None:
+        self.link = link
+        self._memory: LRU[str, bytes] = LRU(memory_items)
 
     @property
     def status(self) -> str:
-        if self.redis_url is None:
-            return "memory"
-        return "degraded" if time.monotonic() < self._down_until else "ok"
+        """"ok", "degraded" (Redis configured, not answering: memory only) or "memory" (no Redis)."""
+        return "memory" if self.link is None else self.link.status
 
     async def get(self, track_id: str) -> bytes | None:
         key = CACHE_PREFIX + track_id
-        if self.status == "ok":
+        if self.link is not None and self.link.up:
             try:
-                return await self._redis("get", key)
+                return await self.link.client.get(key)
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
-        hit = self._memory.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        self._memory.move_to_end(key)
-        return hit[1]
+                self.link.mark_down(exc)
+        return self._memory.get(key)
 
     async def set(self, track_id: str, value: bytes, ttl_s: int) -> None:
         key = CACHE_PREFIX + track_id
-        self._memory[key] = (time.monotonic() + ttl_s, value)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._memory_items:
-            self._memory.popitem(last=False)
-        if self.status == "ok":
+        self._memory.put(key, value, ttl_s)
+        if self.link is not None and self.link.up:
             try:
-                await self._redis("set", key, value, ex=ttl_s)
+                await self.link.client.set(key, value, ex=ttl_s)
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
-
-    async def _redis(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        client = redis.from_url(self.redis_url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s)
-        try:
-            with anyio.fail_after(self.timeout_s * 4):
-                return await getattr(client, command)(*args, **kwargs)
-        finally:
-            await client.aclose()
-
-    def _mark_down(self, exc: BaseException) -> None:
-        log.warning("online track cache: Redis unavailable (%s: %s); using memory for %.0f s",
-                    type(exc).__name__, exc, self.retry_after_s)
-        self._down_until = time.monotonic() + self.retry_after_s
+                self.link.mark_down(exc)
 
 
 def track_from_spotify(raw: dict[str, Any], genres: list[str], features: dict[str, float] | None,
@@ -135,7 +111,7 @@ def track_from_spotify(raw: dict[str, Any], genres: list[str], features: dict[st
 
 
 class OnlineService:
-    """Lookups of ids outside the catalog; one per app, created on first use."""
+    """Lookups of ids outside the catalog; one per app, made in the lifespan (``online_service``)."""
 
     def __init__(self, client: SpotifyClient, cache: TrackCache, *, max_concurrency: int = 4) -> None:
         self.client = client
@@ -185,20 +161,17 @@ class OnlineService:
         return track_from_spotify(raw, genres, features, features_from)
 
 
-def online_service(state: Any) -> OnlineService | None:
-    """The app's OnlineService (created on first use, or the one a test put in ``state.online``);
+def online_service(settings: "Settings", link: RedisLink | None, client: SpotifyClient | None = None
+                   ) -> OnlineService | None:
+    """The app's OnlineService (``client`` if given, else one from settings), caching on ``link``;
     None unless ``settings.mode`` is "online"."""
-    existing = state.get("online")
-    if existing is not None:
-        return existing
-    settings = state.settings
     if settings.mode != "online":
         return None
-    # Settings refuse MODE=online without both credentials, so this cannot raise SpotifyAuthError.
-    config = settings.spotify_config(timeout_s=3.0, max_attempts=3, backoff_s=0.25, max_wait_s=2.0)  # seconds, not minutes
-    service = OnlineService(SpotifyClient(config), TrackCache(settings.redis_url, timeout_s=settings.redis_timeout_s))
-    state.online = service
-    return service
+    if client is None:
+        # Settings refuse MODE=online without both credentials, so this cannot raise SpotifyAuthError.
+        client = SpotifyClient(settings.spotify_config(timeout_s=3.0, max_attempts=3, backoff_s=0.25,
+                                                       max_wait_s=2.0))  # a page waits seconds, not minutes
+    return OnlineService(client, TrackCache(link))
 
 
 # -- placing an outside track among the catalog's ------------------------------------------------

@@ -1,11 +1,12 @@
-"""The online feature store: each listener's most recent events, newest first.
+"""The online feature store (each listener's most recent events, newest first) and the worker's Redis link.
 
 Redis is the shared store (every worker and replica sees the same session); an in-process
 store serves ``memory://`` and stands in while Redis is unreachable, because a
-recommendation built from a partial session beats an error page. The Redis store never
-lets an outage reach a request: it switches to its embedded memory store, says so once in
-the log and in ``status``, and a single background task probes Redis with backoff until
-it answers again, then writes what the outage collected (events, and clears) into Redis
+recommendation built from a partial session beats an error page. An outage never reaches a
+request: the first failed call marks the worker's one ``RedisLink`` down (logged once, shown
+in ``status`` and /readyz), every Redis user (this store, the online-track cache) serves from
+memory without touching Redis, and a single background task probes with backoff until Redis
+answers, then lets this store write what the outage collected (events, and clears) into Redis
 before Redis serves again, so no session event is lost to an outage.
 """
 from __future__ import annotations
@@ -15,15 +16,17 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Final, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Final, Protocol, cast
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from musicrec.service.lru import LRU
 
 if TYPE_CHECKING:
     from musicrec.service.settings import Settings
@@ -64,8 +67,8 @@ class SessionStore(Protocol):
 class MemorySessionStore:
     """In-process sessions with Redis-like semantics: capped length, TTL refreshed on write.
 
-    The number of listeners is bounded too (least recently used evicted first), so a flood
-    of new client ids cannot grow the process without limit while Redis is down.
+    The number of listeners is bounded too (least recently used evicted first, ``LRU``), so a
+    flood of new client ids cannot grow the process without limit while Redis is down.
     """
 
     def __init__(self, max_len: int, ttl_s: float, max_clients: int = 100_000,
@@ -75,8 +78,7 @@ class MemorySessionStore:
         self.max_len = max_len
         self.ttl_s = ttl_s
         self.max_clients = max_clients
-        self._clock = clock
-        self._sessions: OrderedDict[str, tuple[deque[SessionEvent], float]] = OrderedDict()
+        self._sessions: LRU[str, deque[SessionEvent]] = LRU(max_clients, clock=clock)
 
     @property
     def status(self) -> str:
@@ -93,90 +95,80 @@ class MemorySessionStore:
         return self.recent_now(client_id)
 
     async def clear(self, client_id: str) -> None:
-        self._sessions.pop(client_id, None)
+        self._sessions.pop(client_id)
 
     def drain(self) -> list[tuple[str, list[SessionEvent], float]]:
         """Take every live session out, as (client id, events newest first, seconds to live); empties the store."""
-        now = self._clock()
-        taken = [(client_id, list(events), expires - now) for client_id, (events, expires) in self._sessions.items()
-                 if expires > now]
+        taken = [(client_id, list(events), float(left or self.ttl_s)) for client_id, events, left in self._sessions.live()]
         self._sessions.clear()
         return taken
 
     def restore(self, client_id: str, events: list[SessionEvent], ttl_s: float) -> None:
         """Put ``drain``-ed events (newest first) back, behind any this client appended since."""
-        now = self._clock()
-        entry = self._sessions.get(client_id)
-        if entry is None or entry[1] <= now:
-            self._sessions[client_id] = (deque(events[:self.max_len], maxlen=self.max_len), now + ttl_s)
+        kept = self._sessions.get(client_id)
+        if kept is None:
+            self._sessions.put(client_id, deque(events[:self.max_len], maxlen=self.max_len), ttl_s)
         else:
-            kept = entry[0]
             kept.extend(events[:self.max_len - len(kept)])  # the older end; a full deque takes none
-        while len(self._sessions) > self.max_clients:
-            self._sessions.popitem(last=False)
 
     def append_now(self, client_id: str, event: SessionEvent) -> None:
         """Synchronous append: nothing here awaits, so the store needs no lock."""
-        now = self._clock()
-        entry = self._sessions.pop(client_id, None)
-        events = entry[0] if entry is not None and entry[1] > now else deque(maxlen=self.max_len)
+        events = self._sessions.get(client_id)
+        if events is None:
+            events = deque(maxlen=self.max_len)
         events.appendleft(event)
-        self._sessions[client_id] = (events, now + self.ttl_s)
-        while len(self._sessions) > self.max_clients:
-            self._sessions.popitem(last=False)
+        self._sessions.put(client_id, events, self.ttl_s)  # a write refreshes the time to live
 
     def recent_now(self, client_id: str) -> list[SessionEvent]:
-        entry = self._sessions.get(client_id)
-        if entry is None:
-            return []
-        if entry[1] <= self._clock():
-            del self._sessions[client_id]
-            return []
-        self._sessions.move_to_end(client_id)  # a read is a use, for the LRU bound
-        return list(entry[0])
+        events = self._sessions.get(client_id)  # a read is a use, for the LRU bound
+        return [] if events is None else list(events)
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(SessionEvent).decode
 
 
-class RedisSessionStore:
-    """Sessions in Redis lists (``LPUSH`` newest, ``LTRIM`` to length, ``EXPIRE`` on write).
+class RedisLink:
+    """The worker's one Redis client and whether it answers, shared by everything kept in Redis.
 
-    The client is injected (its socket timeouts bound every call); ``open_session_store``
-    builds one from settings. Call ``start()`` once inside a running loop, ``close()`` at
-    the end (it stops the reconnect task; the caller closes the client it owns).
+    Why one: the session store and the online-track cache both fall back to memory when Redis
+    fails; with a mechanism each they had two opinions of whether Redis was up, the cache opened
+    a connection per call, and its state never reached /readyz. A user checks ``up`` before a
+    call and calls ``mark_down`` when one fails. From then on no user touches Redis; one task
+    probes it with backoff, runs the recovery hooks (the session store writes back the outage's
+    events; a hook that hits Redis down again means another probe later), and only then reports
+    ``up`` again. ``start()`` once inside a running loop; ``close()`` stops the task (the caller
+    closes the client it owns).
     """
 
-    def __init__(self, client: Redis, *, max_len: int, ttl_s: int, prefix: str = DEFAULT_PREFIX,
-                 fallback: MemorySessionStore | None = None, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 10.0) -> None:
+    def __init__(self, client: Redis, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
         self.client = client
-        self.max_len = max_len
-        self.ttl_s = ttl_s
-        self.prefix = prefix
-        self.fallback = fallback or MemorySessionStore(max_len, ttl_s)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self._degraded = False
+        self._down = False
         self._down_since = 0.0
         self._reconnect: asyncio.Task[None] | None = None
         self._closed = False
-        self._cleared: set[str] = set()  # clients whose session was cleared during an outage
+        self._recover_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def up(self) -> bool:
+        return not self._down
 
     @property
     def status(self) -> str:
-        return "degraded" if self._degraded else "ok"
+        return "degraded" if self._down else "ok"
 
-    def key(self, client_id: str) -> str:
-        return f"{self.prefix}session:{client_id}"
+    def on_recover(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after Redis answers again and before users go back to it."""
+        self._recover_hooks.append(hook)
 
     async def start(self) -> None:
-        """Probe Redis once, so a store whose Redis is down at start-up begins degraded."""
+        """Probe Redis once, so a link whose Redis is down at start-up begins degraded."""
         try:
             await self.client.ping()
         except REDIS_DOWN as exc:
-            self._mark_down(exc)
+            self.mark_down(exc)
 
     async def close(self) -> None:
         self._closed = True
@@ -186,8 +178,72 @@ class RedisSessionStore:
                 await self._reconnect
             self._reconnect = None
 
+    def mark_down(self, exc: BaseException) -> None:
+        """Switch every user to memory; log once per outage; one reconnect task does the probing."""
+        if self._down or self._closed:
+            return
+        self._down = True
+        self._down_since = time.monotonic()
+        log.warning("redis unreachable (%s: %s); serving sessions (and the online-track cache) from memory until "
+                    "it answers again", type(exc).__name__, exc)
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(), name="redis-reconnect")
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.backoff_initial_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.client.ping()
+                for hook in self._recover_hooks:
+                    await hook()
+            except REDIS_DOWN as exc:
+                log.debug("redis still unreachable (%s); next probe in %.1fs", exc, delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            self._down = False
+            self._reconnect = None
+            log.warning("redis reachable again after %.1fs", time.monotonic() - self._down_since)
+            return
+
+
+class RedisSessionStore:
+    """Sessions in Redis lists (``LPUSH`` newest, ``LTRIM`` to length, ``EXPIRE`` on write).
+
+    The client is injected (its socket timeouts bound every call), alone or as the worker's
+    shared ``link``; ``open_session_store`` builds one from settings. Without a ``link`` the
+    store makes its own, and then ``start()`` and ``close()`` are its to call.
+    """
+
+    def __init__(self, client: Redis, *, max_len: int, ttl_s: int, prefix: str = DEFAULT_PREFIX,
+                 fallback: MemorySessionStore | None = None, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 10.0, link: RedisLink | None = None) -> None:
+        self.link = link or RedisLink(client, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
+        self._owns_link = link is None
+        self.client = self.link.client
+        self.max_len = max_len
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.fallback = fallback or MemorySessionStore(max_len, ttl_s)
+        self._cleared: set[str] = set()  # clients whose session was cleared during an outage
+        self.link.on_recover(self._replay_logged)
+
+    @property
+    def status(self) -> str:
+        return self.link.status
+
+    def key(self, client_id: str) -> str:
+        return f"{self.prefix}session:{client_id}"
+
+    async def start(self) -> None:
+        if self._owns_link:
+            await self.link.start()
+
+    async def close(self) -> None:
+        if self._owns_link:
+            await self.link.close()
+
     async def append(self, client_id: str, event: SessionEvent) -> None:
-        if not self._degraded:
+        if self.link.up:
             key = self.key(client_id)
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
@@ -195,26 +251,26 @@ class RedisSessionStore:
                     await pipe.execute()
                 return
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
+                self.link.mark_down(exc)
         self.fallback.append_now(client_id, event)
 
     async def recent(self, client_id: str) -> list[SessionEvent]:
-        if not self._degraded:
+        if self.link.up:
             try:
                 raw = await self.client.lrange(self.key(client_id), 0, self.max_len - 1)
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
+                self.link.mark_down(exc)
             else:
                 return self._decode_all(client_id, raw)
         return self.fallback.recent_now(client_id)
 
     async def clear(self, client_id: str) -> None:
-        if not self._degraded:
+        if self.link.up:
             try:
                 await self.client.delete(self.key(client_id))
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
-        if self._degraded:  # Redis still holds the old session: delete it there on recovery
+                self.link.mark_down(exc)
+        if not self.link.up:  # Redis still holds the old session: delete it there on recovery
             if len(self._cleared) < self.fallback.max_clients:
                 self._cleared.add(client_id)
             else:
@@ -231,44 +287,14 @@ class RedisSessionStore:
                 log.warning("skipping an undecodable session entry for %s: %s", client_id, exc)
         return events
 
-    def _mark_down(self, exc: BaseException) -> None:
-        """Switch to the memory fallback; log once per outage; one reconnect task does the probing."""
-        if self._degraded or self._closed:
-            return
-        self._degraded = True
-        self._down_since = time.monotonic()
-        log.warning("redis unreachable (%s: %s); serving sessions from memory until it answers again",
-                    type(exc).__name__, exc)
-        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(), name="redis-reconnect")
-
-    async def _reconnect_loop(self) -> None:
-        delay = self.backoff_initial_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.client.ping()
-            except REDIS_DOWN as exc:
-                log.debug("redis still unreachable (%s); next probe in %.1fs", exc, delay)
-                delay = min(delay * 2, self.backoff_max_s)
-                continue
-            try:
-                replayed = await self._replay()
-            except REDIS_DOWN as exc:
-                log.debug("redis failed while taking back the outage's sessions (%s); next probe in %.1fs", exc, delay)
-                delay = min(delay * 2, self.backoff_max_s)
-                continue
-            # Nothing awaited since the last drain came back empty: every event is in Redis now,
-            # and the memory store is empty, so a later outage cannot resurrect stale sessions.
-            self._degraded = False
-            self._reconnect = None
-            log.warning("redis reachable again after %.1fs; sessions back in redis (%d listeners' outage events "
-                        "written to it)", time.monotonic() - self._down_since, replayed)
-            return
+    async def _replay_logged(self) -> None:
+        replayed = await self._replay()
+        log.warning("sessions back in redis (%d listeners' outage events written to it)", replayed)
 
     async def _replay(self, batch: int = 500) -> int:
         """Write the outage's clears and events into Redis, until the memory store stays empty.
 
-        Requests keep appending to memory meanwhile (the store is still degraded), so it drains
+        Requests keep appending to memory meanwhile (the link is still down), so it drains
         again after each pass. Each listener's outage events go on top of what Redis held from
         before the outage, oldest first, with the time to live they had left. On a failure, what
         was not written goes back to memory for the next attempt (a pipeline cut off midway may
@@ -320,16 +346,33 @@ def redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Redis
 
 
 @asynccontextmanager
-async def open_session_store(settings: "Settings", *, prefix: str = DEFAULT_PREFIX) -> AsyncIterator[SessionStore]:
-    """The session store the settings ask for, closed (client and reconnect task) on exit."""
+async def open_redis_link(settings: "Settings") -> AsyncIterator[RedisLink | None]:
+    """The worker's Redis link from settings (None with ``memory://``), started; stopped and its client closed on exit."""
+    if settings.memory_sessions:
+        yield None
+        return
+    link = RedisLink(redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections))
+    try:
+        await link.start()
+        yield link
+    finally:
+        await link.close()
+        await link.client.aclose()
+
+
+@asynccontextmanager
+async def open_session_store(settings: "Settings", *, prefix: str = DEFAULT_PREFIX,
+                             link: RedisLink | None = None) -> AsyncIterator[SessionStore]:
+    """The session store the settings ask for, on ``link`` when given (its owner starts and closes it),
+    else on a client of its own, closed (client and reconnect task) on exit."""
     if settings.memory_sessions:
         yield MemorySessionStore(settings.session_len, settings.session_ttl_s)
         return
-    client = redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections)
-    store = RedisSessionStore(client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix)
-    try:
-        await store.start()
-        yield store
-    finally:
-        await store.close()
-        await client.aclose()
+    if link is not None:
+        yield RedisSessionStore(link.client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix,
+                                link=link)
+        return
+    async with open_redis_link(settings) as own:
+        own = cast(RedisLink, own)  # not memory:// (answered above), so there is a link
+        yield RedisSessionStore(own.client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix,
+                                link=own)

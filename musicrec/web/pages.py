@@ -37,7 +37,7 @@ from musicrec.service.deps import EngineDep, EventsDep, SessionsDep
 from musicrec.index.engine import Engine
 from musicrec.service.errors import BadRequest, DomainError
 from musicrec.service.events import EventSink
-from musicrec.service.online import OnlineTrack, online_service, place
+from musicrec.service.online import OnlineTrack, place
 from musicrec.service.sessions import SessionEvent, SessionStore
 from musicrec.data.spotify import SpotifyAuthError, SpotifyError, SpotifyNotFound, SpotifyRateLimited, SpotifyUnavailable
 from musicrec.index.recommend import Hit, Query, Seed, seeds_from_events
@@ -353,7 +353,7 @@ async def song_page(request: Request, track_id: FromPath[str], engine: EngineDep
 
 async def _outside_song(request: Request, engine: Engine, track_id: str) -> Template:
     """An id the catalog lacks: a 404 page, or in online mode the track as Spotify describes it."""
-    online = online_service(request.app.state)
+    online = request.app.state.get("online")
     if online is None:
         return error_page(request, 404, "Song not found",
                           f"There is no song with the id “{track_id}” in this catalog.")
