@@ -291,3 +291,25 @@ def test_display_values_read_like_music() -> None:
     assert display_value("loudness", -5.25) == "-5.2 dB" and display_value("energy", None) == "n/a"
     empty = FeatureScale.of(np.zeros((0, 2)), ("energy", "tempo"))
     assert empty.scaled("energy", 0.5) == 0.5
+
+
+def test_one_mapping_words_every_error_for_json_and_pages_alike() -> None:
+    from litestar.exceptions import HTTPException, NotFoundException
+
+    from musicrec.data.spotify import (
+        SpotifyAuthError, SpotifyError, SpotifyNotFound, SpotifyRateLimited, SpotifyUnavailable,
+    )
+    from musicrec.service.errors import BadRequest, describe, from_spotify
+
+    cases = [(SpotifyNotFound("x"), 404, "Song not found", {}),
+             (SpotifyRateLimited("slow", retry_after_s=12.2), 503, "Spotify is busy", {"Retry-After": "13"}),
+             (SpotifyUnavailable("down"), 503, "Spotify could not be reached", {"Retry-After": "30"}),
+             (SpotifyAuthError("no"), 503, "Spotify is not available", {}),
+             (SpotifyError("odd"), 502, "Spotify answered with an error", {})]
+    for exc, status, title, headers in cases:
+        view = describe(from_spotify(exc, "abc"))
+        assert (view.status, view.title, view.headers) == (status, title, headers), exc
+    assert describe(BadRequest("no", title="Unknown action")).title == "Unknown action"
+    assert (describe(NotFoundException()).status, describe(NotFoundException()).title) == (404, "Page not found")
+    assert describe(HTTPException(status_code=413, detail="big")).detail == "big"
+    assert (describe(RuntimeError("secret")).status, describe(RuntimeError("secret")).detail) == (500, "internal error")

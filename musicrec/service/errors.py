@@ -1,22 +1,38 @@
-"""Domain errors and their one mapping to HTTP status: every error leaves as JSON."""
+"""Domain errors and their one mapping to HTTP status: JSON under the API, pages under the web UI.
+
+``describe`` is the mapping (a domain error, one of Litestar's, anything else); ``from_spotify``
+turns the Spotify client's errors into domain errors. The JSON handlers here and the web UI's
+page handler (musicrec/web/handlers.py) both render what ``describe`` says.
+"""
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from musicrec.data.spotify import SpotifyAuthError, SpotifyError, SpotifyNotFound, SpotifyRateLimited, SpotifyUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
     status_code = 400
+    title = "Something is wrong with this request"
+    """The heading of the web UI's error page."""
 
-    def __init__(self, detail: str, **extra: object) -> None:
+    def __init__(self, detail: str, *, title: str | None = None, headers: Mapping[str, str] | None = None,
+                 **extra: object) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or None
+        if title is not None:
+            self.title = title
+        self.headers = dict(headers or {})
 
 
 class BadRequest(DomainError):
@@ -51,6 +67,18 @@ class Overloaded(DomainError):
     status_code = 503
 
 
+class Unavailable(DomainError):
+    """A dependency this request cannot do without did not answer (Spotify, for a song outside the catalog)."""
+
+    status_code = 503
+
+
+class BadGateway(DomainError):
+    """A dependency answered with an error of its own."""
+
+    status_code = 502
+
+
 def _json(status: int, detail: str, extra: object | None = None) -> Response:
     body: dict[str, object] = {"status_code": status, "detail": detail}
     if extra:
@@ -59,7 +87,9 @@ def _json(status: int, detail: str, extra: object | None = None) -> Response:
 
 
 def domain_error_handler(_: Request, exc: DomainError) -> Response:
-    return _json(exc.status_code, exc.detail, exc.extra)
+    response = _json(exc.status_code, exc.detail, exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
@@ -77,3 +107,45 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_error_handler,
     Exception: unexpected_error_handler,
 }
+
+
+# -- the mapping, for the web UI's pages too -------------------------------------------------------
+
+@dataclass(frozen=True)
+class ErrorView:
+    """What a caller is told: status, a heading (pages), the detail, extra data (JSON) and headers."""
+
+    status: int
+    title: str
+    detail: str
+    extra: object | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def describe(exc: Exception) -> ErrorView:
+    """The one mapping from an exception to what the caller sees; an unexpected one is a 500 that tells nothing."""
+    if isinstance(exc, DomainError):
+        return ErrorView(exc.status_code, exc.title, exc.detail, exc.extra, exc.headers)
+    if isinstance(exc, HTTPException):
+        title = "Page not found" if exc.status_code == 404 else "Something is wrong with this request"
+        return ErrorView(exc.status_code, title, str(exc.detail), exc.extra, dict(exc.headers or {}))
+    return ErrorView(HTTP_500_INTERNAL_SERVER_ERROR, "Something went wrong", "internal error")
+
+
+def from_spotify(exc: SpotifyError, track_id: str) -> DomainError:
+    """A Spotify failure while looking up a song outside the catalog, as the listener should hear it."""
+    if isinstance(exc, SpotifyNotFound):
+        return NotFound(f"Neither this catalog nor Spotify has a song with the id “{track_id}”.", title="Song not found")
+    if isinstance(exc, SpotifyRateLimited):
+        wait = int(math.ceil(exc.retry_after_s or 30))
+        return Unavailable(f"Spotify asked us to slow down. Try this song again in about {wait} seconds.",
+                           title="Spotify is busy", headers={"Retry-After": str(wait)})
+    if isinstance(exc, SpotifyUnavailable):
+        return Unavailable("This song is not in the local catalog and Spotify did not answer. Try again shortly.",
+                           title="Spotify could not be reached", headers={"Retry-After": "30"})
+    if isinstance(exc, SpotifyAuthError):
+        log.error("online mode: %s", exc)
+        return Unavailable("The service's Spotify credentials were refused, so songs outside the catalog cannot be "
+                           "shown.", title="Spotify is not available")
+    log.warning("online lookup of %s failed: %s", track_id, exc)
+    return BadGateway("Spotify could not describe this song right now.", title="Spotify answered with an error")

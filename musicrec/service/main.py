@@ -22,7 +22,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from musicrec.service import admin, api, health
-from musicrec.web import pages
+from musicrec.web import handlers as web
 from musicrec.service.answers import AnswerCache
 from musicrec.index.engine import Engine, EngineHolder, configure_faiss_threads
 from musicrec.service.errors import EXCEPTION_HANDLERS
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         return metrics
 
     return Litestar(
-        route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *pages.ROUTES,
+        route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *web.ROUTES,
                         create_static_files_router(path="/static", directories=[WEB_DIR / "static"]),
                         docs_assets_router()],
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
