@@ -151,6 +151,15 @@ def test_a_listener_searches_opens_a_song_likes_and_skips(served: str, browser, 
     page.reload()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(tmp_path / "song-page-mobile.png"), full_page=True)
+    # The song list too: the table becomes blocks, so neither it nor the page scrolls sideways.
+    page.goto(served + "/songs?per_page=50")
+    # The 114k catalog's longest unbroken title (82 characters), as a real row would carry it.
+    page.evaluate("document.querySelector('table.songs tbody td a').textContent = "
+                  "\"Sellthehousesellthecarsellthekidsfindsomeoneelseforgetiti'mnevercomingbackforgetit\"")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("(() => { const w = document.querySelector('.table-wrap'); "
+                         "return w.scrollWidth <= w.clientWidth; })()")
+    page.screenshot(path=str(tmp_path / "songs-mobile.png"), full_page=True)
 
     # An unknown id is a proper 404 page.
     response = page.goto(served + "/songs/doesNotExist0000000000")

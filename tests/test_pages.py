@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
-from musicrec.web.charts import FeatureScale, display_value, feature_chart, feature_rows, scale_for
+from musicrec.web.charts import PITCH_CLASSES, FeatureScale, display_value, feature_chart, feature_rows, scale_for
 from musicrec.index.engine import Engine
 from musicrec.service.main import create_app
 from musicrec.service.settings import Settings
@@ -280,9 +280,9 @@ def test_feature_scale_is_computed_once_per_engine_and_stays_in_0_1(demo_artifac
     by_name = {r.name: r for r in rows}
     assert by_name["danceability"].scaled == pytest.approx(0.8) and by_name["loudness"].scaled == 1.0
     assert by_name["tempo"].scaled == 0.0 and by_name["energy"].scaled is None and by_name["energy"].value == "n/a"
-    assert by_name["key"].value == "D♯/E♭"
+    assert by_name["key"].value == "D♯" and by_name["key"].scaled is None and by_name["key"].categorical
     svg = str(feature_chart(rows, "t"))
-    assert svg.count('class="bar"') == 4 and svg.count('class="avg"') == len(rows) + 1
+    assert svg.count('class="bar"') == 3 and svg.count('class="avg"') == len(rows) - 2 + 1  # key, mode: no bar
 
 
 def test_display_values_read_like_music() -> None:
@@ -313,3 +313,63 @@ def test_one_mapping_words_every_error_for_json_and_pages_alike() -> None:
     assert (describe(NotFoundException()).status, describe(NotFoundException()).title) == (404, "Page not found")
     assert describe(HTTPException(status_code=413, detail="big")).detail == "big"
     assert (describe(RuntimeError("secret")).status, describe(RuntimeError("secret")).detail) == (500, "internal error")
+
+
+
+# -- as a listener sees it ---------------------------------------------------------------------------
+
+def genre_cells(html: str) -> list[str]:
+    body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [unescape(re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[3].strip()) for row in body.split("<tr>")[1:]]
+
+
+async def test_with_a_genre_filter_every_row_shows_that_genre(client: AsyncTestClient, catalog) -> None:
+    # A genre that some tracks have only as a second genre: those rows used to show their first one.
+    second = next(g.split("|")[1] for g in catalog.genres if "|" in g)
+    html = html_of(await client.get(f"/songs?genre={second}&per_page=100"))
+    cells = genre_cells(html)
+    assert cells and set(cells) == {second}
+    assert any(g.split("|")[0] != second for g in catalog.genres if second in g.split("|"))  # the case exists
+    unfiltered = genre_cells(html_of(await client.get("/songs?per_page=100")))
+    assert len(set(unfiltered)) > 1  # without a filter each row shows its own (first) genre
+
+
+async def test_key_and_mode_are_labels_not_bars(client: AsyncTestClient, catalog) -> None:
+    row = 7
+    html = html_of(await client.get(f"/songs/{catalog.ids[row]}"))
+    names = list(catalog.feature_names)
+    key = int(round(float(catalog.features[row][names.index("key")])))
+    mode = "major" if float(catalog.features[row][names.index("mode")]) >= 0.5 else "minor"
+    for feature, shown in (("key", PITCH_CLASSES[key]), ("mode", mode)):
+        group = html.split(f'data-feature="{feature}"', 1)[1].split("</g>", 1)[0]
+        assert 'class="category" x="125" y="' in group and f">{shown}</text>" in group, group
+        assert 'class="bar"' not in group and 'class="track"' not in group and "most often " in group
+    table = html.split('class="feature-table"', 1)[1]
+    assert re.search(rf"<th scope=\"row\">Key</th><td>{re.escape(PITCH_CLASSES[key])}</td><td>most often ", table)
+
+
+async def test_a_liked_track_stays_liked_when_played_again(client: AsyncTestClient, catalog) -> None:
+    track_id = catalog.ids[21]
+    await client.get(f"/songs/{track_id}")                       # played
+    await client.post("/events", json={"type": "like", "track_id": track_id})
+    song = html_of(await client.get(f"/songs/{track_id}"))       # opened again: a new view, newest
+    recent = song.split('id="session-events"', 1)[1].split("</ol>", 1)[0]
+    assert re.search(r'class="action action-liked">liked</span> <a href="/songs/' + track_id, recent), recent
+    assert "played</span>" not in recent
+    for_you = song.split('id="for-you"', 1)[1].split("</ol>", 1)[0]
+    assert "because you liked " in for_you and "because you played " not in for_you
+    home = html_of(await client.get("/"))
+    assert "Because you liked <a" in home and "Because you played" not in home
+    other = catalog.ids[22]
+    await client.get(f"/songs/{other}")                          # only played: still "played"
+    assert "Because you played <a" in html_of(await client.get("/"))
+
+
+def test_the_song_table_does_not_scroll_sideways_on_a_phone() -> None:
+    """At 390 px each song becomes a block of lines (the browser test measures it where chromium runs)."""
+    css = (Path(__file__).resolve().parents[1] / "musicrec/web/static/app.css").read_text()
+    phone = css.split("@media (max-width: 40rem) {", 1)[1].split("\n}", 1)[0]
+    assert re.search(r"table\.songs, table\.songs tbody, table\.songs tr, table\.songs td \{ display: block; width: 100%; \}",
+                     phone)
+    assert "overflow-wrap: anywhere" in phone and ".table-wrap { overflow-x: visible; }" in phone
+    assert "table.songs thead { position: absolute;" in phone  # hidden from sight, kept for screen readers

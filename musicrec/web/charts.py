@@ -1,9 +1,11 @@
 """Audio features drawn on the server: one inline SVG, no script, no external asset.
 
 Every feature is put on a 0–1 scale so they can share one axis: the ones Spotify already
-gives in 0–1 keep that scale; the others (key, loudness, tempo, duration, time signature)
-are scaled between the catalog's 0.5th and 99.5th percentiles, so one five-hour track
-does not squash every other bar. The catalog's average is drawn beside each bar. The
+gives in 0–1 keep that scale; the others (loudness, tempo, duration, time signature) are
+scaled between the catalog's 0.5th and 99.5th percentiles, so one five-hour track does not
+squash every other bar. The catalog's average is drawn beside each bar. Key and mode are
+categories, not amounts (a minor track is not "0 % mode"): they are written as labels
+("C♯", "minor") beside the catalog's most common value instead of drawn as bars. The
 scales are computed once per Engine (artefact version) and cached by that object.
 """
 from __future__ import annotations
@@ -21,7 +23,9 @@ from musicrec.index.engine import Engine
 UNIT_FEATURES = frozenset({"danceability", "energy", "speechiness", "acousticness", "instrumentalness",
                            "liveness", "valence", "mode"})
 FIXED_RANGES = {"key": (0.0, 11.0)}
-PITCH_CLASSES = ("C", "C♯/D♭", "D", "D♯/E♭", "E", "F", "F♯/G♭", "G", "G♯/A♭", "A", "A♯/B♭", "B")
+CATEGORICAL = frozenset({"key", "mode"})
+"""Features that name a category: shown as a label and the catalog's most common value, never as a bar."""
+PITCH_CLASSES = ("C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class FeatureScale:
     high: np.ndarray
     mean_scaled: np.ndarray
     mean_raw: np.ndarray
+    most_common: dict[str, float]
+    """For each categorical feature, the catalog's most common value (its "average")."""
 
     def scaled(self, name: str, value: float) -> float:
         i = self.names.index(name)
@@ -57,7 +63,13 @@ class FeatureScale:
                 low[i], high[i] = 0.0, 1.0
         span = np.where(high > low, high - low, 1.0)
         scaled = np.clip((raw - low) / span, 0.0, 1.0) if len(raw) else np.zeros((1, len(names)))
-        return cls(tuple(names), low, high, scaled.mean(axis=0), raw.mean(axis=0) if len(raw) else np.zeros(len(names)))
+        most_common = {}
+        for i, name in enumerate(names):
+            if name in CATEGORICAL and len(raw):
+                values, counts = np.unique(np.round(raw[:, i]), return_counts=True)
+                most_common[name] = float(values[np.argmax(counts)])
+        return cls(tuple(names), low, high, scaled.mean(axis=0), raw.mean(axis=0) if len(raw) else np.zeros(len(names)),
+                   most_common)
 
 
 _scales: "weakref.WeakKeyDictionary[Engine, FeatureScale]" = weakref.WeakKeyDictionary()
@@ -112,9 +124,10 @@ class FeatureRow:
     name: str
     label: str
     value: str          # the raw value, for people
-    scaled: float | None
+    scaled: float | None  # None: unknown, or a categorical feature (no bar)
     average: float      # catalog mean, 0–1 scale
-    average_value: str
+    average_value: str  # the catalog's mean, or for a categorical feature its most common value
+    categorical: bool = False
 
 
 def feature_rows(scale: FeatureScale, values: Mapping[str, float | None]) -> list[FeatureRow]:
@@ -122,6 +135,12 @@ def feature_rows(scale: FeatureScale, values: Mapping[str, float | None]) -> lis
     for i, name in enumerate(scale.names):
         raw = values.get(name)
         known = raw is not None and np.isfinite(raw)
+        if name in CATEGORICAL:
+            common = scale.most_common.get(name)
+            rows.append(FeatureRow(name, label(name), display_value(name, raw), None, float(scale.mean_scaled[i]),
+                                   f"most often {display_value(name, common)}" if common is not None else "n/a",
+                                   categorical=True))
+            continue
         rows.append(FeatureRow(name, label(name), display_value(name, raw),
                                scale.scaled(name, float(raw)) if known else None,
                                float(scale.mean_scaled[i]), display_value(name, float(scale.mean_raw[i]))))
@@ -152,6 +171,11 @@ def feature_chart(rows: list[FeatureRow], title: str) -> Markup:
         y = TOP + i * ROW_H
         parts.append(f'<g class="feature" data-feature="{escape(row.name)}">')
         parts.append(f'<text class="label" x="{LABEL_W - 8}" y="{y + 15}" text-anchor="end">{escape(row.label)}</text>')
+        if row.categorical:  # a category: its name, and the catalog's most common one, instead of a bar
+            parts.append(f'<text class="category" x="{LABEL_W}" y="{y + 15}">{escape(row.value)}</text>')
+            parts.append(f'<text class="value" x="{LABEL_W + BAR_W + 8}" y="{y + 15}">{escape(row.average_value)}</text>')
+            parts.append("</g>")
+            continue
         parts.append(f'<rect class="track" x="{LABEL_W}" y="{y + 3}" width="{BAR_W}" height="16" rx="3"/>')
         if row.scaled is not None:
             parts.append(f'<rect class="bar" x="{LABEL_W}" y="{y + 3}" width="{row.scaled * BAR_W:.1f}" height="16" rx="3">'

@@ -42,7 +42,7 @@ from musicrec.service.sessions import SessionEvent, SessionStore
 from musicrec.web.charts import duration_text, feature_chart, feature_rows, scale_for
 from musicrec.web.views import (
     PER_PAGE_CHOICES, SORT_LABELS, Group, ListState, TrackView, artist_links, card, features_note, hit_cards,
-    online_view, pager, recent_items, song_href,
+    online_view, pager, recent_items, session_actions, song_href,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ async def songs_page(request: Request, engine: EngineDep) -> Template:
         state = ListState(**{**state.__dict__, "page": last})
         rows, total = engine.browser.search(state.query())
         context["state"] = state
-    items = [card(engine, int(r)) for r in rows]
+    items = [card(engine, int(r), genre=state.genre or None) for r in rows]
     return page(request, engine, "songs.html", items=items, pager=pager(state, total), error=None, **context)
 
 
@@ -131,7 +131,11 @@ async def home_page(request: Request, engine: EngineDep, sessions: SessionsDep) 
     groups: dict[int, list] = {}
     for h in hits:
         groups.setdefault(h.because, []).append(card(engine, h.row, h.reason))
-    shaped = [Group(card(engine, seed) if seed >= 0 else None, items) for seed, items in groups.items()]
+    actions = session_actions(recent)
+    ids = engine.tracks.ids
+    shaped = [Group(card(engine, seed) if seed >= 0 else None, items,
+                    "liked" if seed >= 0 and actions.get(str(ids[seed])) == "like" else "played")
+              for seed, items in groups.items()]
     response = page(request, engine, "home.html", groups=shaped, recent=recent_items(engine, recent),
                     new_listener=not recent)
     return remember(response, client, is_new)
@@ -148,7 +152,8 @@ def _session_query(engine: Engine, recent: list[SessionEvent], k: int) -> Query:
 def _session_panel(engine: Engine, recent: list[SessionEvent], current: str | None) -> dict[str, Any]:
     hits = engine.recommender.recommend(_session_query(engine, recent, FOR_YOU))
     src = "/partials/session" + (f"?{urlencode({'current': current})}" if current else "")
-    return {"for_you": hit_cards(engine, hits, with_because=True), "recent": recent_items(engine, recent, 8),
+    return {"for_you": hit_cards(engine, hits, with_because=True, actions=session_actions(recent)),
+            "recent": recent_items(engine, recent, 8),
             "current": current, "src": src}
 
 

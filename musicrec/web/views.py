@@ -50,22 +50,42 @@ def song_href(track_id: str) -> str:
     return "/songs/" + quote(track_id, safe="")
 
 
-def card(engine: Engine, row: int, note: str = "") -> Card:
+def card(engine: Engine, row: int, note: str = "", *, genre: str | None = None) -> Card:
+    """A track as a list shows it; with ``genre`` (a list filtered by it) the row shows that genre when the
+    track has it among its genres, rather than its first one."""
     t = engine.tracks
     track_id = str(t.ids[row])
+    shown = genre if genre and genre in str(t.genres[row]).split("|") else str(t.genre[row])
     return Card(track_id, song_href(track_id), str(t.name[row]), str(t.artist[row]), str(t.album[row]),
-                str(t.genre[row]), int(t.popularity[row]), bool(t.explicit[row]), note)
+                shown, int(t.popularity[row]), bool(t.explicit[row]), note)
 
 
-def hit_cards(engine: Engine, hits: list[Hit], *, with_because: bool = False) -> list[Card]:
-    """Cards whose note says why each track is there (its reason, and with ``with_because`` its seed)."""
+def session_actions(events: list[SessionEvent]) -> dict[str, str]:
+    """What the listener did to each track of the session, as the recommender reads it: the newest event
+    decides a skip, and a like, even an older one, makes the track "liked" (not merely played)."""
+    newest: dict[str, str] = {}
+    liked: set[str] = set()
+    for e in events:  # newest first
+        newest.setdefault(e.track_id, e.type)
+        if e.type == "like":
+            liked.add(e.track_id)
+    return {track: "skip" if kind == "skip" else ("like" if track in liked else kind) for track, kind in newest.items()}
+
+
+def hit_cards(engine: Engine, hits: list[Hit], *, with_because: bool = False,
+              actions: Mapping[str, str] | None = None) -> list[Card]:
+    """Cards whose note says why each track is there: its reason, and with ``with_because`` the session track
+    that earned it and whether the listener liked or played that one (``actions``, from ``session_actions``)."""
     t = engine.tracks
-    return [card(engine, h.row, f"{h.reason} · because you played {t.name[h.because]}"
+    acts = actions or {}
+    return [card(engine, h.row, f"{h.reason} · because you "
+                                f"{EVENT_LABELS.get(acts.get(str(t.ids[h.because]), 'track_view'))} {t.name[h.because]}"
                  if with_because and h.because >= 0 else h.reason) for h in hits]
 
 
 def recent_items(engine: Engine, events: list[SessionEvent], limit: int = 10) -> list[RecentItem]:
-    """The session's tracks, newest first, once each, with what the listener last did to them."""
+    """The session's tracks, newest first, once each, labelled liked, skipped or played (``session_actions``)."""
+    actions = session_actions(events)
     seen: set[str] = set()
     out = []
     for e in events:
@@ -73,7 +93,8 @@ def recent_items(engine: Engine, events: list[SessionEvent], limit: int = 10) ->
         if row is None or e.track_id in seen:
             continue
         seen.add(e.track_id)
-        out.append(RecentItem(card(engine, row), EVENT_LABELS.get(e.type, e.type)))
+        kind = actions[e.track_id]
+        out.append(RecentItem(card(engine, row), EVENT_LABELS.get(kind, kind)))
         if len(out) == limit:
             break
     return out
@@ -160,6 +181,7 @@ def pager(state: ListState, total: int) -> Pager:
 class Group:
     seed: Card | None      # None: popular picks (no seed)
     items: list[Card]
+    action: str = "played"  # what the listener did to the seed: "liked" or "played"
 
 
 @dataclass(frozen=True)
