@@ -6,7 +6,6 @@ import uuid
 from typing import Sequence
 
 import msgspec
-import numpy as np
 
 from musicrec.service.answers import AnswerCache
 from musicrec.index.engine import Engine
@@ -118,7 +117,3 @@ def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: 
 
 def session_event(event: Event) -> SessionEvent:
     return SessionEvent(type=event.type, track_id=event.track_id, ts=event.ts)
-
-
-def page_rows(rows: np.ndarray) -> list[int]:
-    return [int(r) for r in rows]

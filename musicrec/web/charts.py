@@ -77,7 +77,7 @@ _scales_lock = threading.Lock()
 
 
 def scale_for(engine: Engine) -> FeatureScale:
-    """The engine's feature scale, computed on first use (a few ms at 114k) and kept with it."""
+    """The engine's feature scale, computed on its first page and kept with it (once per version, not per request)."""
     scale = _scales.get(engine)
     if scale is None:
         with _scales_lock:
