@@ -7,6 +7,7 @@ loopback port with in-memory storage so nothing is left on disk.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -97,3 +98,34 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with run_tansu(free_port(), log_path) as bootstrap:
         yield bootstrap
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def musicrec_logs() -> Iterator[list[logging.LogRecord]]:
+    """Every record of the ``musicrec`` loggers during the test, captured on that logger itself.
+
+    Why not ``caplog``: a Litestar app reconfigures the root logger when it is built (dictConfig),
+    which drops caplog's root handler; a handler on the ``musicrec`` logger survives that.
+    """
+    logger = logging.getLogger("musicrec")
+    handler = _Records()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -270,3 +270,62 @@ async def test_events_reach_kafka_n_in_n_out(demo_artifacts: Path, catalog, kafk
         await consumer.stop()
     assert sorted(e.event_id for e in got) == sorted(sent)
     assert all(e.model_version and e.client_id for e in got)
+
+
+# -- hostile bodies (issue 13) -------------------------------------------------------------------
+
+DEEP = "[" * 1000 + "]" * 1000  # ~2 KB that made the generic JSON decode raise RecursionError (a 500)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/recommendations", '{"track_ids": ' + DEEP + "}"),
+    ("/events", '{"type": "like", "track_id": ' + DEEP + "}"),
+    ("/events", DEEP),
+], ids=["recommendations", "events-field", "events-top-level"])
+async def test_deeply_nested_json_is_a_400_not_a_500(client: AsyncTestClient, path: str, body: str,
+                                                     musicrec_logs: list) -> None:
+    response = await client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"status_code": 400, "detail": "JSON body nested too deeply"}
+    assert not [r for r in musicrec_logs if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize(("headers", "content"), [
+    ({"content-type": "text/plain"}, '{"type": "like", "track_id": "__FIRST__"}'),
+    ({"content-type": "application/x-www-form-urlencoded"}, '{"type": "like", "track_id": "__FIRST__"}'),
+    ({"content-type": "multipart/form-data; boundary=x"}, '{"type": "like", "track_id": "__FIRST__"}'),
+], ids=["text-plain", "form", "multipart"])
+async def test_events_take_only_json_so_a_cross_site_form_cannot_post_one(client: AsyncTestClient, catalog,
+                                                                        headers: dict, content: str) -> None:
+    # A cross-site <form> can send text/plain, form or multipart bodies without a preflight; they used to be
+    # parsed as JSON and written into the listener's session.
+    response = await client.post("/events", content=content.replace("__FIRST__", catalog.ids[0]).encode(),
+                                 headers=headers)
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["detail"]
+    assert (await client.get("/api/session")).json()["events"] == []  # nothing was written
+    ok = await client.post("/events", content=content.replace("__FIRST__", catalog.ids[0]).encode(),
+                           headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 202
+
+
+async def test_every_5xx_is_logged_with_its_traceback(musicrec_logs: list) -> None:
+    """Litestar's own 500s (HTTPException) went out through the JSON mapping without a log line."""
+    from litestar import Litestar, get
+    from litestar.exceptions import InternalServerException
+
+    from musicrec.service.errors import EXCEPTION_HANDLERS
+
+    @get("/boom")
+    async def boom() -> None:
+        try:
+            raise OSError("disk on fire")
+        except OSError as exc:
+            raise InternalServerException() from exc
+
+    async with AsyncTestClient(Litestar([boom], exception_handlers=EXCEPTION_HANDLERS)) as c:
+        response = await c.get("/boom")
+    assert response.status_code == 500 and response.json()["status_code"] == 500
+    errors = [r for r in musicrec_logs if r.levelname == "ERROR" and "/boom" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert errors[0].exc_info[1].__cause__.args == ("disk on fire",)  # the cause's traceback goes with it

@@ -2,7 +2,8 @@
 
 ``describe`` is the mapping (a domain error, one of Litestar's, anything else); ``from_spotify``
 turns the Spotify client's errors into domain errors. The JSON handlers here and the web UI's
-page handler (musicrec/web/handlers.py) both render what ``describe`` says.
+page handler (musicrec/web/handlers.py) both render what ``describe`` says. Every answer of 500
+or above is logged with its traceback (``log_server_error``), whichever path raised it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class DomainError(Exception):
     status_code = 400
     title = "Something is wrong with this request"
     """The heading of the web UI's error page."""
+    logged_each = True
+    """False where the raiser logs a summary instead (shedding load must not also flood the log)."""
 
     def __init__(self, detail: str, *, title: str | None = None, headers: Mapping[str, str] | None = None,
                  **extra: object) -> None:
@@ -63,8 +66,25 @@ class UnsupportedMediaType(DomainError):
     status_code = 415
 
 
+class TooManyRequests(DomainError):
+    """The caller is over its rate limit; ``Retry-After`` says when its window ends."""
+
+    status_code = 429
+    title = "Too many requests"
+
+
+class ClientDisconnected(DomainError):
+    """The client hung up before its request was complete: nginx's 499, never a server error."""
+
+    status_code = 499
+
+
 class Overloaded(DomainError):
+    """This worker is shedding load (too many requests in flight); the client should retry shortly."""
+
     status_code = 503
+    title = "The service is busy"
+    logged_each = False  # the in-flight limiter logs how many it shed, at most every few seconds
 
 
 class Unavailable(DomainError):
@@ -86,15 +106,26 @@ def _json(status: int, detail: str, extra: object | None = None) -> Response:
     return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
-def domain_error_handler(_: Request, exc: DomainError) -> Response:
+def log_server_error(request: Request, exc: Exception) -> None:
+    """One ERROR line with the traceback for every 5xx answer; 4xx are the client's business."""
+    status = exc.status_code if isinstance(exc, (DomainError, HTTPException)) else HTTP_500_INTERNAL_SERVER_ERROR
+    if status >= 500 and getattr(exc, "logged_each", True):
+        log.error("%d on %s %s", status, request.method, request.url.path, exc_info=exc)
+
+
+def domain_error_handler(request: Request, exc: DomainError) -> Response:
+    log_server_error(request, exc)
     response = _json(exc.status_code, exc.detail, exc.extra)
     response.headers.update(exc.headers)
     return response
 
 
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
-    """Litestar's own 4xx (validation, 404 route, 405, 413) as the same JSON shape."""
-    return _json(exc.status_code, exc.detail, exc.extra)
+    """Litestar's own HTTP exceptions (validation, 404 route, 405, 413, its 500s) as the same JSON shape."""
+    log_server_error(request, exc)
+    response = _json(exc.status_code, exc.detail, exc.extra)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def unexpected_error_handler(request: Request, exc: Exception) -> Response:

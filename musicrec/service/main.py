@@ -32,6 +32,7 @@ from musicrec.service.openapi import REQUEST_ID_HEADER, docs_assets_router, open
 from musicrec.service.reload import Reloader
 from musicrec.service.request_id import RequestId
 from musicrec.service.online import online_service
+from musicrec.service.requests import ServiceRequest
 from musicrec.service.sessions import SessionStore, open_redis_link, open_session_store
 from musicrec.service.settings import Settings
 
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         middleware=[DefineMiddleware(RequestId, access_log=settings.access_log),
                     DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
         request_max_body_size=MAX_BODY_BYTES,
+        request_class=ServiceRequest,
         openapi_config=openapi_config(),
         response_headers=[REQUEST_ID_HEADER],
         state=State({"settings": settings}),

@@ -35,7 +35,7 @@ from musicrec.index.recommend import Query, Seed, seeds_from_events
 from musicrec.service import logic
 from musicrec.service.clients import client_id, remember
 from musicrec.service.deps import EngineDep, EventsDep, SessionsDep
-from musicrec.service.errors import BadRequest, DomainError, NotFound, describe, from_spotify
+from musicrec.service.errors import BadRequest, DomainError, NotFound, describe, from_spotify, log_server_error
 from musicrec.service.events import EventSink
 from musicrec.service.online import place
 from musicrec.service.sessions import SessionEvent, SessionStore
@@ -247,8 +247,7 @@ def page_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, (DomainError, HTTPException)):
         log.exception("unhandled error on page %s %s", request.method, request.url.path)
         return error_page(request, 500, view.title, "The page could not be shown. Please try again.")
-    if view.status >= 500 and isinstance(exc, HTTPException):
-        log.error("error %d on page %s %s", view.status, request.method, request.url.path, exc_info=exc)
+    log_server_error(request, exc)  # every 5xx, with its traceback
     return error_page(request, view.status, view.title, view.detail, headers=view.headers)
 
 
