@@ -269,6 +269,15 @@ async def test_assets_are_served_by_the_app_itself(client: AsyncTestClient, cata
             assert f'for="{field_id}"' in html, f"{url}: #{field_id} has no label"
 
 
+@pytest.mark.parametrize("path", ["/static/app.js/x", "/static/app.js%00", "/static/%2e%2e/README.md",
+                                  "/static/../pyproject.toml", "/static/nope.css", "/static/",
+                                  "/docs-assets/redoc.standalone.js/x", "/docs-assets/swagger-ui.css%00"])
+async def test_odd_static_paths_are_404_not_500(client: AsyncTestClient, path: str, musicrec_logs: list) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404, (path, response.text)
+    assert not [r for r in musicrec_logs if r.levelname == "ERROR"]
+
+
 # -- the chart -----------------------------------------------------------------------------------
 
 def test_feature_scale_is_computed_once_per_engine_and_stays_in_0_1(demo_artifacts: Path) -> None:

@@ -18,11 +18,11 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from musicrec.service import admin, api, health
 from musicrec.web import handlers as web
+from musicrec.web.assets import static_files_router
 from musicrec.service.answers import AnswerCache
 from musicrec.index.engine import Engine, EngineHolder, configure_faiss_threads
 from musicrec.service.errors import EXCEPTION_HANDLERS
@@ -109,8 +109,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
 
     return Litestar(
         route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *web.ROUTES,
-                        create_static_files_router(path="/static", directories=[WEB_DIR / "static"]),
-                        docs_assets_router()],
+                        static_files_router("/static", [WEB_DIR / "static"]), docs_assets_router()],
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),

@@ -22,10 +22,10 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, Swagge
 from litestar.openapi.spec import Components, Example, Operation, Parameter, Schema, SecurityScheme, Tag
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.router import Router
-from litestar.static_files import create_static_files_router
 
 from musicrec import __version__
 from musicrec.service.schemas import ErrorBody
+from musicrec.web.assets import static_files_router  # odd paths are 404s, not 500s (see there)
 
 ASSETS_PATH = "/docs-assets"
 REDOC_DIR = Path(__file__).parent / "docs_assets" / "redoc"
@@ -141,5 +141,5 @@ def docs_assets_router() -> Router:
     """The Swagger UI and Redoc scripts and styles, served by the app itself."""
     from swagger_ui_bundle import swagger_ui_path
 
-    return create_static_files_router(path=ASSETS_PATH, directories=[Path(swagger_ui_path), REDOC_DIR],
-                                      include_in_schema=False, name="docs-assets")
+    return static_files_router(ASSETS_PATH, [Path(swagger_ui_path), REDOC_DIR], include_in_schema=False,
+                               name="docs-assets")
