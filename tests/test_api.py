@@ -329,3 +329,29 @@ async def test_every_5xx_is_logged_with_its_traceback(musicrec_logs: list) -> No
     errors = [r for r in musicrec_logs if r.levelname == "ERROR" and "/boom" in r.getMessage()]
     assert len(errors) == 1 and errors[0].exc_info is not None
     assert errors[0].exc_info[1].__cause__.args == ("disk on fire",)  # the cause's traceback goes with it
+
+
+async def test_metrics_count_aborted_bodies_as_499_and_unknown_routes(client: AsyncTestClient, catalog) -> None:
+    app = client.app
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/events", "raw_path": b"/events", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"t"), (b"content-type", b"application/json"), (b"content-length", b"200"),
+                         (b"x-client-id", b"aborting-listener")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "state": {}}
+    messages = iter([{"type": "http.request", "body": b'{"type": "like", ', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)  # a client that hangs up halfway through its body
+    assert sent[0]["status"] == 499
+    assert (await client.get("/no/such/route")).status_code == 404
+    metrics = (await client.get("/metrics")).text
+    assert 'method="POST",path="/events",status_code="499"} 1.0' in metrics
+    assert 'status_code="500"' not in metrics
+    assert 'method="GET",path="<unmatched>",status_code="404"} 1.0' in metrics

@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
     def provide_metrics() -> ServiceMetrics:
         return metrics
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*api.ROUTES, *health.ROUTES, *admin.ROUTES, *web.ROUTES,
                         static_files_router("/static", [WEB_DIR / "static"]), docs_assets_router()],
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
@@ -120,11 +120,13 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         lifespan=[lifespan],
         logging_config=None,  # logging is the process's (musicrec/logs.py), one format for uvicorn and us
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(RequestId, access_log=settings.access_log),
-                    DefineMiddleware(RequestMetrics, histogram=metrics.request_seconds)],
+        middleware=[DefineMiddleware(RequestId, access_log=settings.access_log)],
         request_max_body_size=MAX_BODY_BYTES,
         request_class=ServiceRequest,
         openapi_config=openapi_config(),
         response_headers=[REQUEST_ID_HEADER],
         state=State({"settings": settings}),
     )
+    # Around the whole app, not in ``middleware=`` (a per-route stack): a request no route matches is counted too.
+    app.asgi_handler = RequestMetrics(app.asgi_handler, histogram=metrics.request_seconds)
+    return app

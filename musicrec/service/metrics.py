@@ -152,8 +152,16 @@ class ServiceMetrics:
         return generate_latest(registry)
 
 
+UNMATCHED = "<unmatched>"
+"""The path label of a request no route matched (a 404 or 405): raw paths would be an unbounded label set."""
+
+
 class RequestMetrics:
     """ASGI middleware: one latency observation per HTTP request, by method, route template and status.
+
+    It wraps the whole app (``app.asgi_handler``), not one route's stack, so requests that no route
+    matches are counted too (as ``UNMATCHED``). A client that hangs up mid-body gets 499 from the
+    app (``errors.ClientDisconnected``), so it is counted as 499, not as a server error.
 
     Why not Litestar's PrometheusMiddleware: per request it builds a Request, four label
     dicts and five labelled children (an in-progress gauge, a counter, an error counter and
@@ -183,7 +191,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            key = (scope["method"], scope.get("path_template", scope["path"]), status)
+            key = (scope["method"], scope.get("path_template") or UNMATCHED, status)
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = self.histogram.labels(*key)
