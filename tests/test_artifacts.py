@@ -132,7 +132,7 @@ def test_corrupt_or_incomplete_sets_are_refused(demo_artifacts: Path, tmp_path: 
     manifest = json.loads((mismatch / MANIFEST).read_text())
     manifest["n_tracks"] += 1
     (mismatch / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="manifest says"):
+    with pytest.raises(ArtifactError, match="manifest says|expected 1501"):
         load_artifacts(mismatch)
     with pytest.raises(ArtifactError, match="no such artefact directory"):
         load_artifacts(tmp_path / "nowhere")
@@ -203,3 +203,115 @@ def test_non_finite_embeddings_stop_the_build_with_a_fit_error(demo_catalog_smal
     with pytest.raises(ModelFitError, match="NaN or infinite embeddings"):
         build_version(demo_catalog_small, FAST, out=tmp_path / "v")
     assert not (tmp_path / "v").exists()
+
+
+# -- contents, not only checksums (issue 13) ------------------------------------------------------
+
+def _rewritten(src: Path, dst: Path, name: str, write) -> Path:
+    """A copy of ``src`` whose file ``name`` is replaced by ``write(path)``, with the manifest's checksum
+    recomputed: what a buggy build or a hand edit produces, which checksums alone cannot catch."""
+    from musicrec.index.artifacts import sha256_file
+
+    version = _copy(src, dst)
+    write(version / name)
+    manifest = json.loads((version / MANIFEST).read_text())
+    manifest["checksums"][name] = sha256_file(version / name)
+    (version / MANIFEST).write_text(json.dumps(manifest))
+    return version
+
+
+def _npy(array: np.ndarray):
+    return lambda path: np.save(path, array, allow_pickle=False)
+
+
+def _edit_npy(name: str, edit):
+    def write(path: Path) -> None:
+        array = np.load(path)
+        np.save(path, edit(array), allow_pickle=False)
+    return write
+
+
+def _edit_header(old: bytes, new: bytes):
+    def write(path: Path) -> None:
+        raw = path.read_bytes()
+        assert old in raw[:128]
+        path.write_bytes(raw.replace(old, new, 1))
+    return write
+
+
+def _edit_json(edit):
+    def write(path: Path) -> None:
+        doc = json.loads(path.read_text())
+        edit(doc)
+        path.write_text(json.dumps(doc))
+    return write
+
+
+def _edit_parquet(edit):
+    def write(path: Path) -> None:
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        edit(frame)
+        frame.to_parquet(path, index=False)
+    return write
+
+
+def _set(frame, column: str, value) -> None:
+    frame.loc[3, column] = value
+
+
+def _put(doc: dict, key: str, index: int, value) -> None:
+    doc[key][index] = value
+
+
+@pytest.mark.parametrize(("name", "write", "match"), [
+    (NEIGHBOURS, _edit_npy(NEIGHBOURS, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, len(a) + 5, a)),
+     r"neighbours.npy holds values -?\d+\.\.\d+, outside -1\.\.1499"),
+    (NEIGHBOURS, _edit_npy(NEIGHBOURS, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, -9, a)),
+     "neighbours.npy holds values -9"),
+    (NEIGHBOURS, _edit_npy(NEIGHBOURS, lambda a: a.astype(np.int64)), "neighbours.npy has dtype int64"),
+    (NEIGHBOURS, _edit_npy(NEIGHBOURS, lambda a: a[:-1]), "neighbours.npy has shape 1499"),
+    (NEIGHBOURS, _edit_npy(NEIGHBOURS, lambda a: a[:, 0]), "neighbours.npy has shape 1500, expected 1500×any"),
+    (EMBEDDINGS, _edit_npy(EMBEDDINGS, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.inf, a)
+                           .astype(np.float32)), "embeddings.npy contains NaN or infinite"),
+    (EMBEDDINGS, _edit_npy(EMBEDDINGS, lambda a: a.astype(np.float64)), "embeddings.npy has dtype float64"),
+    # Broken .npy headers: errors numpy raises outside ValueError, which load_artifacts let through.
+    (EMBEDDINGS, _edit_header(b"(1500, 32)", b"(-1500, 32)"), "cannot read artefacts: OverflowError"),
+    (EMBEDDINGS, _edit_header(b"(1500, 32)", b"(((((((((("), "cannot read artefacts: TokenError"),
+    (EMBEDDINGS, _edit_header(b"'<f4'", b"'<zz'"), "cannot read artefacts: ValueError"),
+    (TRACKS, _edit_parquet(lambda f: _set(f, "energy", np.nan)), "tracks.parquet features contains NaN"),
+    (TRACKS, _edit_parquet(lambda f: _set(f, "tempo", np.inf)), "tracks.parquet features contains NaN"),
+    (TRACKS, _edit_parquet(lambda f: _set(f, "popularity", 400)), "tracks.parquet popularity holds values 0..400"),
+    ("scaler.json", _edit_json(lambda d: _put(d, "scale", 2, 0.0)), "scale <= 0"),
+    ("scaler.json", _edit_json(lambda d: _put(d, "mean", 1, float("inf"))), "scaler.json mean contains NaN"),
+    ("scaler.json", _edit_json(lambda d: _put(d, "scale", 0, "x")), "'scale' is not a list of numbers"),
+    ("scaler.json", _edit_json(lambda d: d.__setitem__("mean", d["mean"][:-1])), "scaler.json mean has shape 12"),
+    (TRACK_LOOKUPS, lambda path: np.savez(path, **{**np.load(path), "name_order": np.arange(1500) + 3}),
+     "name_order out of range"),
+], ids=["neighbour-past-end", "neighbour-negative", "neighbour-dtype", "neighbour-rows", "neighbour-1d",
+        "embedding-inf", "embedding-dtype", "npy-negative-shape", "npy-cut-header", "npy-bad-dtype",
+        "feature-nan", "feature-inf", "popularity-range", "scale-zero", "mean-inf", "scale-not-number",
+        "mean-short", "lookup-range"])
+def test_bad_contents_are_refused_even_with_matching_checksums(demo_artifacts: Path, tmp_path: Path, name: str,
+                                                               write, match: str) -> None:
+    """An array that would make serving fail (or serve nonsense) is refused at load, not met by a request."""
+    version = _rewritten(demo_artifacts, tmp_path / "v", name, write)
+    with pytest.raises(ArtifactError, match=match):
+        load_artifacts(version)
+
+
+@pytest.mark.parametrize(("array", "kwargs", "match"), [
+    (np.zeros((3, 2), np.float32), {"dtype": np.float64, "shape": (3, 2)}, "dtype float32, expected float64"),
+    (np.zeros((3, 2), np.float32), {"dtype": np.float32, "shape": (3,)}, "shape 3×2, expected 3"),
+    (np.zeros((3, 2), np.float32), {"dtype": np.float32, "shape": (4, None)}, "shape 3×2, expected 4×any"),
+    (np.array([0.0, np.nan], np.float32), {"dtype": np.float32, "shape": (2,), "finite": True}, "NaN"),
+    (np.array([0, 5, 3], np.int32), {"dtype": np.int32, "shape": (3,), "within": (0, 4)}, "values 0..5, outside 0..4"),
+], ids=["dtype", "ndim", "rows", "nan", "range"])
+def test_check_array_names_what_is_wrong(tmp_path: Path, array: np.ndarray, kwargs: dict, match: str) -> None:
+    from musicrec.index.artifacts import check_array
+
+    with pytest.raises(ArtifactError, match=match):
+        check_array(tmp_path, "table.npy", array, **kwargs)
+    ok = {**kwargs, "shape": array.shape, "dtype": array.dtype, "finite": False, "within": None}
+    assert check_array(tmp_path, "table.npy", array, **ok) is array

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +145,8 @@ def read_manifest(version_dir: Path) -> Manifest:
         manifest = msgspec.json.decode((version_dir / MANIFEST).read_bytes(), type=Manifest)
     except FileNotFoundError as exc:
         raise ArtifactError(f"{version_dir}: {MANIFEST} is missing") from exc
+    except OSError as exc:
+        raise ArtifactError(f"{version_dir / MANIFEST}: cannot read the manifest: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ArtifactError(f"{version_dir / MANIFEST}: unreadable manifest: {exc}") from exc
     if manifest.format_version != FORMAT_VERSION:
@@ -169,6 +170,48 @@ class Artifacts:
     @property
     def model_version(self) -> str:
         return self.manifest.model_version
+
+
+def check_array(version_dir: Path, name: str, array: np.ndarray, *, dtype: np.dtype | type,
+                shape: tuple[int | None, ...], finite: bool = False,
+                within: tuple[int | float, int | float] | None = None) -> np.ndarray:
+    """Refuse an array whose contents serving would trip over; return it unchanged.
+
+    Checksums only prove a file is the one the build wrote, and a build (or a hand edit with a
+    recomputed checksum) can write nonsense: a neighbour row number past the table answered every
+    recommendation with a 500. So each array is checked for what the code indexing it assumes:
+    ``dtype``, ``shape`` (None: any length on that axis), no NaN/inf when ``finite``, and every value
+    in ``within`` (inclusive bounds: row numbers, -1 where FAISS pads). One pass over the data, at load.
+    """
+    where = f"{version_dir}: {name}"
+    if array.dtype != np.dtype(dtype):
+        raise ArtifactError(f"{where} has dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        expected = "×".join("any" if want is None else str(want) for want in shape)
+        raise ArtifactError(f"{where} has shape {'×'.join(map(str, array.shape))}, expected {expected}")
+    if finite and not np.isfinite(array).all():
+        raise ArtifactError(f"{where} contains NaN or infinite values")
+    if within is not None and array.size:
+        low, high = array.min(), array.max()
+        if not within[0] <= low <= high <= within[1]:
+            raise ArtifactError(f"{where} holds values {low}..{high}, outside {within[0]}..{within[1]}")
+    return array
+
+
+def _check_scaler(version_dir: Path, scaler: Any, features: list[str]) -> None:
+    """The scaler standardises every new track: its numbers must be finite and its scales positive."""
+    if not isinstance(scaler, dict) or scaler.get("features") != features:
+        got = scaler.get("features") if isinstance(scaler, dict) else type(scaler).__name__
+        raise ArtifactError(f"{version_dir}: scaler features {got} differ from the manifest's")
+    for key in ("mean", "scale"):
+        values = scaler.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise ArtifactError(f"{version_dir}: {SCALER} {key!r} is not a list of numbers")
+        check_array(version_dir, f"{SCALER} {key}", np.asarray(values, dtype=np.float64), dtype=np.float64,
+                    shape=(len(features),), finite=True)
+    if min(scaler["scale"], default=1.0) <= 0:
+        raise ArtifactError(f"{version_dir}: {SCALER} has a scale <= 0")
 
 
 def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
@@ -197,21 +240,26 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         if any(with_colisten) and not all(with_colisten):
             raise ArtifactError(f"{version_dir}: the manifest lists only some of {', '.join(colisten.FILES)}")
         table = ColistenTable.load(version_dir, manifest.n_tracks) if all(with_colisten) else None
-    except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
-        raise ArtifactError(f"{version_dir}: cannot read artefacts: {exc}") from exc
-    expected = (manifest.n_tracks, manifest.dim)
-    if embeddings.shape != expected or embeddings.dtype != np.float32:
-        raise ArtifactError(f"{version_dir}: embeddings {embeddings.shape}/{embeddings.dtype}, manifest says {expected}/float32")
-    if not np.isfinite(embeddings).all():
-        raise ArtifactError(f"{version_dir}: embeddings contain NaN or infinite values")
-    if index.ntotal != manifest.n_tracks or index.d != manifest.dim:
-        raise ArtifactError(f"{version_dir}: index holds {index.ntotal}×{index.d}, manifest says {expected}")
-    if len(tracks) != manifest.n_tracks:
-        raise ArtifactError(f"{version_dir}: track table has {len(tracks)} rows, manifest says {manifest.n_tracks}")
-    if scaler.get("features") != manifest.features:
-        raise ArtifactError(f"{version_dir}: scaler features {scaler.get('features')} differ from the manifest's")
-    if neighbours is not None and (neighbours.ndim != 2 or len(neighbours) != manifest.n_tracks):
-        raise ArtifactError(f"{version_dir}: neighbour table {neighbours.shape}, manifest says {manifest.n_tracks} rows")
+    except ArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        # A damaged file fails in more ways than the readers document: a negative shape in an .npy
+        # header is an OverflowError, one cut mid-tuple a tokenize.TokenError. Whatever the way, the
+        # version cannot be read, and the caller (start-up, hot reload) must get the one error it handles.
+        raise ArtifactError(f"{version_dir}: cannot read artefacts: {type(exc).__name__}: {exc}") from exc
+    n, dim = manifest.n_tracks, manifest.dim
+    check_array(version_dir, EMBEDDINGS, embeddings, dtype=np.float32, shape=(n, dim), finite=True)
+    if index.ntotal != n or index.d != dim:
+        raise ArtifactError(f"{version_dir}: index holds {index.ntotal}×{index.d}, manifest says {n}×{dim}")
+    if len(tracks) != n:
+        raise ArtifactError(f"{version_dir}: track table has {len(tracks)} rows, manifest says {n}")
+    check_array(version_dir, f"{TRACKS} features", tracks.features, dtype=np.float32,
+                shape=(n, len(manifest.features)), finite=True)
+    check_array(version_dir, f"{TRACKS} popularity", tracks.popularity, dtype=np.int16, shape=(n,), within=(0, 100))
+    _check_scaler(version_dir, scaler, manifest.features)
+    if neighbours is not None:  # row numbers into the catalog; FAISS pads a short answer with -1
+        check_array(version_dir, NEIGHBOURS, neighbours, dtype=np.int32, shape=(n, None), within=(-1, n - 1))
+    # The co-listening table's arrays are checked as they load (ColistenTable.validate: offsets, rows, weights).
     try:
         ScoringParams().with_blend(manifest.scoring)
     except ValueError as exc:
