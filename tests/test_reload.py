@@ -107,3 +107,106 @@ async def test_admin_reload_needs_the_token(two_versions) -> None:
         assert wrong.status_code == 401 and wrong.json()["detail"]
     async with AsyncTestClient(create_app(_settings(root, RELOAD_POLL_S="0", ADMIN_TOKEN=""))) as client:
         assert (await client.post("/admin/reload", headers={"Authorization": "Bearer "})).status_code == 403
+
+
+# -- a bad version never stops hot reload (issue 13) ---------------------------------------------
+
+def _with_checksum(version: Path, name: str) -> None:
+    import json
+
+    from musicrec.index.artifacts import MANIFEST, sha256_file
+
+    manifest = json.loads((version / MANIFEST).read_text())
+    manifest["checksums"][name] = sha256_file(version / name)
+    (version / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _broken_header(src: Path, dst: Path) -> Path:
+    """An embeddings.npy whose header is cut mid-tuple (tokenize.TokenError), with a matching checksum."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    raw = (dst / EMBEDDINGS).read_bytes()
+    (dst / EMBEDDINGS).write_bytes(raw.replace(b"(1500, 32)", b"((((((((((", 1))
+    _with_checksum(dst, EMBEDDINGS)
+    return dst
+
+
+def _wild_neighbours(src: Path, dst: Path) -> Path:
+    """A neighbour table pointing past the catalog (valid checksum): every recommendation was a 500."""
+    from musicrec.index.artifacts import NEIGHBOURS
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    table = np.load(dst / NEIGHBOURS)
+    table[:, 1] = len(table) + 10
+    np.save(dst / NEIGHBOURS, table)
+    _with_checksum(dst, NEIGHBOURS)
+    return dst
+
+
+async def _serving(client, before: str, timeout_s: float = 10.0) -> str:
+    for _ in range(int(timeout_s / 0.05)):
+        version = (await client.get("/readyz")).json()["model_version"]
+        if version != before:
+            return version
+        await asyncio.sleep(0.05)
+    return before
+
+
+@pytest.mark.parametrize("make_bad", [_broken_header, _wild_neighbours], ids=["broken-npy-header", "wild-neighbours"])
+async def test_the_watcher_survives_a_bad_version_and_takes_the_next_good_one(two_versions, musicrec_logs: list,
+                                                                             make_bad, demo_catalog_small) -> None:
+    root, old, new = two_versions
+    publish(root, old)
+    bad = make_bad(new, root / f"bad-{make_bad.__name__}")
+    ids = demo_catalog_small.tracks["id"].tolist()
+    async with AsyncTestClient(create_app(_settings(root))) as client:
+        serving = (await client.get("/readyz")).json()["model_version"]
+        publish(root, bad)
+        for _ in range(200):  # the watcher (every 0.1 s) refuses it, with one ERROR line
+            if any("refused artefact version" in r.getMessage() for r in musicrec_logs):
+                break
+            await asyncio.sleep(0.05)
+        refusals = [r for r in musicrec_logs if "refused artefact version" in r.getMessage()]
+        assert refusals and str(bad) in refusals[0].getMessage()
+        reply = await client.post("/api/recommendations", json={"track_ids": ids[:3], "k": 10})
+        assert reply.status_code == 200 and reply.json()["model_version"] == serving
+        forced = await client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert forced.status_code == 409 and "refused" in forced.json()["detail"]
+        publish(root, new)  # the next good version is still picked up: the watcher is alive
+        assert await _serving(client, serving) != serving
+        assert (await client.post("/api/recommendations", json={"track_ids": ids[:3], "k": 10})).status_code == 200
+    publish(root, old)
+
+
+async def test_the_watcher_outlives_a_check_that_raises(two_versions, musicrec_logs: list) -> None:
+    """Whatever a check raises (here an OSError from an unreadable target), the next poll still runs."""
+    from musicrec.index.engine import Engine, EngineHolder
+    from musicrec.service.reload import Reloader
+
+    root, old, new = two_versions
+    publish(root, old)
+    reloader = Reloader(root, EngineHolder(Engine.load(old)))
+    failures = iter([OSError("stale NFS handle")])
+    real_check = reloader.check
+
+    async def flaky_check(*, force: bool = False):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real_check(force=force)
+
+    reloader.check = flaky_check  # type: ignore[method-assign]
+    watcher = asyncio.create_task(reloader.watch(0.05))
+    try:
+        publish(root, new)
+        for _ in range(100):
+            if reloader.holder.current.artifacts.path.resolve() == new.resolve():
+                break
+            await asyncio.sleep(0.05)
+        assert reloader.holder.current.artifacts.path.resolve() == new.resolve()
+        assert not watcher.done()
+        assert any("artefact watcher" in r.getMessage() and r.exc_info for r in musicrec_logs)
+    finally:
+        watcher.cancel()
+        publish(root, old)

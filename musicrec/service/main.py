@@ -29,7 +29,7 @@ from musicrec.service.errors import EXCEPTION_HANDLERS
 from musicrec.service.events import EventSink, open_event_sink
 from musicrec.service.metrics import RequestMetrics, ServiceMetrics
 from musicrec.service.openapi import REQUEST_ID_HEADER, docs_assets_router, openapi_config
-from musicrec.service.reload import Reloader
+from musicrec.service.reload import Reloader, watcher_done
 from musicrec.service.request_id import RequestId
 from musicrec.service.online import online_service
 from musicrec.service.requests import ServiceRequest
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             app.state.online = online_service(settings, link, given.spotify)
             if settings.reload_poll_s > 0:
                 watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
+                watcher.add_done_callback(watcher_done)
                 stack.callback(watcher.cancel)
             if engine.artifacts.manifest.demo:
                 log.warning("serving the SYNTHETIC DEMO catalog (%s): build with --csv for real tracks",
