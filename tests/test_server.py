@@ -91,3 +91,102 @@ def test_bad_settings_are_refused_at_start_with_one_line(demo_artifacts: Path, t
                           env=service_env(demo_artifacts, free_port(), SESSION_LEN="many"), timeout=60)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: invalid settings: SESSION_LEN must be an integer in 1..1000, got 'many'"]
+
+
+# -- hostile connections ---------------------------------------------------------------------------
+
+def _request_head(header_bytes: int) -> bytes:
+    return (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * header_bytes + b"\r\n\r\n")
+
+
+def _exchange(port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send ``payload`` (stopping quietly if the server closes), then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        with contextlib.suppress(OSError):  # the server may close before taking it all
+            s.sendall(payload)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def guarded_service(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_service(demo_artifacts, tmp_path_factory.mktemp("guarded"), MAX_HEADER_BYTES="16384",
+                         REQUEST_TIMEOUT_S="1") as base:
+        yield base
+
+
+def test_a_request_head_over_the_limit_is_a_431(guarded_service: str) -> None:
+    port = int(guarded_service.rsplit(":", 1)[1])
+    assert _exchange(port, _request_head(8 * 1024)).startswith(b"HTTP/1.1 200")  # under the limit: served
+    for size in (20 * 1024, 1 << 20):
+        reply = _exchange(port, _request_head(size))
+        assert reply.startswith(b"HTTP/1.1 431 "), (size, reply[:200])
+        assert b'"status_code":431' in reply
+    # The limit counts the head only: a body bigger than it (well within the body limit) is fine.
+    body = b'{"track_ids": ["' + b"x" * 60_000 + b'"]}'
+    head = (b"POST /api/recommendations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    assert _exchange(port, head + body).split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request"  # validated, not 431
+
+
+def test_a_huge_header_costs_no_worker_time(guarded_service: str) -> None:
+    """A 64 MB header used to be read whole (a 128 MB one took 19 s of a worker); now the server hangs up at 16 KB."""
+    import threading
+
+    port = int(guarded_service.rsplit(":", 1)[1])
+    megabytes_sent = 0
+
+    def flood() -> None:
+        nonlocal megabytes_sent
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            with contextlib.suppress(OSError):
+                s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ")
+                chunk = b"a" * (1 << 20)
+                for _ in range(64):
+                    s.sendall(chunk)
+                    megabytes_sent += 1
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and megabytes_sent < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert httpx.get(f"{guarded_service}/healthz", timeout=10).status_code == 200
+    assert time.monotonic() - started < 2.0
+    thread.join(timeout=30)
+    # Only what the kernel's socket buffers took before the server closed the connection got out.
+    assert not thread.is_alive() and megabytes_sent < 16, megabytes_sent
+
+
+def test_clients_that_never_finish_a_request_are_timed_out(guarded_service: str) -> None:
+    """Half-sent requests (and silent connections) stayed open for good; now 408 and closed after the timeout."""
+    port = int(guarded_service.rsplit(":", 1)[1])
+    half_sent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(30)]
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+    slow_body = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        for s in half_sent:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # the head never ends
+        slow_body.sendall(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"type\": ")  # nor this body
+        started = time.monotonic()
+        for s in [*half_sent, *silent, slow_body]:
+            reply = b"".join(iter(lambda s=s: s.recv(4096), b""))  # until the server closes (else socket.timeout)
+            assert reply.startswith(b"HTTP/1.1 408 Request Timeout"), reply[:100]
+        assert time.monotonic() - started < 8.0
+        assert httpx.get(f"{guarded_service}/healthz", timeout=5).status_code == 200  # and the service still answers
+    finally:
+        for s in [*half_sent, *silent, slow_body]:
+            s.close()
+
+
+def test_a_kept_alive_connection_serves_request_after_request(guarded_service: str) -> None:
+    """The deadline is per request: a client that keeps its connection and asks again is served each time."""
+    with httpx.Client(base_url=guarded_service, timeout=5) as client:
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+            time.sleep(0.6)  # within uvicorn's keep-alive (5 s); the three requests together outlast the 1 s deadline

@@ -75,6 +75,7 @@ def test_in_process_sessions_refuse_more_than_one_worker() -> None:
     ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
     ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_MAX_CONNECTIONS", "0"),
     ("LOG_FORMAT", "xml"), ("ACCESS_LOG", "sometimes"), ("SPOTIFY_API_URL", "ftp://x"), ("ARTIFACTS_DIR", ""),
+    ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_BYTES", "16k"), ("REQUEST_TIMEOUT_S", "0"), ("REQUEST_TIMEOUT_S", "inf"),
 ], ids=lambda v: v or "empty")
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -168,3 +169,9 @@ def test_every_setting_is_documented_in_help_env_example_and_readme() -> None:
     # The example's values are the defaults: copying it changes nothing.
     env = {k: v for k, v in (line.split("=", 1) for line in example.splitlines() if "=" in line and not line.startswith("#"))}
     assert Settings.from_env(env, env_file=None) == Settings()
+
+
+def test_request_limits_have_sane_defaults_and_are_read() -> None:
+    assert (Settings().max_header_bytes, Settings().request_timeout_s) == (16 * 1024, 10.0)
+    s = Settings.from_env({"MAX_HEADER_BYTES": "32768", "REQUEST_TIMEOUT_S": "2.5"}, env_file=None)
+    assert (s.max_header_bytes, s.request_timeout_s) == (32768, 2.5)

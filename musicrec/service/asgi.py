@@ -2,7 +2,12 @@
 from litestar import Litestar
 
 from musicrec.service.main import create_app
+from musicrec.service.protocol import GuardedHttpToolsProtocol
+from musicrec.service.settings import Settings
 
 
 def create_from_env() -> Litestar:
-    return create_app()
+    settings = Settings.from_env()
+    # uvicorn calls this in each worker before it accepts a connection, so the limits apply to all of them.
+    GuardedHttpToolsProtocol.configure(settings)
+    return create_app(settings)

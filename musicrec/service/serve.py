@@ -6,7 +6,8 @@ starts a worker (a worker's failed lifespan is a screenful of ExceptionGroup per
 several workers uvicorn's parent then exits 0). Options given here override the environment
 variable of the same meaning, for the workers too.
 
-uvicorn runs on uvloop + httptools (without uvloop a request costs far more CPU with workers),
+uvicorn runs on uvloop + httptools (without uvloop a request costs far more CPU with workers;
+the httptools protocol is musicrec.service.protocol's, which limits a request head's size and time),
 with the one log format of musicrec/logs.py in the parent and in every worker, and with
 prometheus_client's multiprocess directory set up so /metrics sums every worker's figures.
 """
@@ -100,7 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with metrics_dir(os.environ):
         uvicorn.run("musicrec.service.asgi:create_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.worker_count, loop="uvloop", http="httptools",
+                    workers=settings.worker_count, loop="uvloop",
+                    # httptools, with limits on a request head's size and time (musicrec/service/protocol.py)
+                    http="musicrec.service.protocol:GuardedHttpToolsProtocol",
                     log_level=settings.log_level.lower(), log_config=logs.log_config(settings.log_level, settings.log_format),
                     access_log=False)
     return 0

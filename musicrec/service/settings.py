@@ -53,6 +53,10 @@ class Settings(CommonSettings):
     """Encoded "what next?" answers kept per worker, by exact session state (musicrec.service.answers); 0 = off."""
     access_log: bool = False
     """One log line per request (method, path, status, duration, request id); off by default: it costs CPU."""
+    max_header_bytes: int = 16 * 1024
+    """Request line plus headers, in bytes; a bigger head is answered 431 (musicrec.service.protocol)."""
+    request_timeout_s: float = 10.0
+    """A request (head and body) must arrive within this of its first byte, else 408 and the connection closes."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -109,6 +113,10 @@ def _parse(values: Mapping[str, str]) -> Settings:
         answer_cache_size=p.get("ANSWER_CACHE_SIZE", d.answer_cache_size, int, lambda v: 0 <= v <= 1_000_000,
                                 "an integer in 0..1000000 (0 = off)"),
         access_log=p.get("ACCESS_LOG", d.access_log, boolean, None, "true or false"),
+        max_header_bytes=p.get("MAX_HEADER_BYTES", d.max_header_bytes, int, lambda v: 1024 <= v <= 1 << 20,
+                               "an integer number of bytes in 1024..1048576"),
+        request_timeout_s=p.get("REQUEST_TIMEOUT_S", d.request_timeout_s, finite_float, lambda v: 0 < v <= 600,
+                                "a number of seconds in (0, 600]"),
     )
     if settings.memory_sessions and (settings.workers or 1) > 1:
         p.errors.append(f"WORKERS must be 1 or 'auto' with REDIS_URL=memory:// (each worker would keep its own "
@@ -151,5 +159,7 @@ SERVICE_HELP: Final = {
     "LOG_LEVEL": COMMON_HELP["LOG_LEVEL"],
     "LOG_FORMAT": COMMON_HELP["LOG_FORMAT"],
     "ACCESS_LOG": "true: one log line per request, with its request id",
+    "MAX_HEADER_BYTES": "request line plus headers, in bytes; a bigger head gets 431 and the connection is closed",
+    "REQUEST_TIMEOUT_S": "a request must arrive whole (head and body) within this, else 408 and the connection is closed",
 }
 """What each variable means, for ``musicrec serve --help``; a test checks it covers every Settings field."""
