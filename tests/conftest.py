@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -129,3 +132,55 @@ def musicrec_logs() -> Iterator[list[logging.LogRecord]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+# --- a Redis server of the test's own, for fault injection ---------------------------------
+
+
+class RedisServer:
+    """``redis-server`` on a free loopback port, owned by one test: kill it, restart it, freeze it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server on {self.port} did not answer within {timeout_s}s")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: every connection drops at once, as in a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

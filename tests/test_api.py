@@ -355,3 +355,12 @@ async def test_metrics_count_aborted_bodies_as_499_and_unknown_routes(client: As
     assert 'method="POST",path="/events",status_code="499"} 1.0' in metrics
     assert 'status_code="500"' not in metrics
     assert 'method="GET",path="<unmatched>",status_code="404"} 1.0' in metrics
+
+
+async def test_listeners_dropped_by_the_in_process_store_are_on_the_metrics(demo_artifacts: Path, catalog) -> None:
+    async with AsyncTestClient(create_app(settings_for(demo_artifacts, MEMORY_SESSION_LIMIT="2"))) as c:
+        for listener in ("a", "b", "c"):
+            r = await c.post("/events", json={"type": "like", "track_id": catalog.ids[0]}, headers={"X-Client-Id": listener})
+            assert r.status_code == 202
+        metrics = (await c.get("/metrics")).text
+    assert "musicrec_sessions_evicted_total 1.0" in metrics and "musicrec_session_events_evicted_total 1.0" in metrics

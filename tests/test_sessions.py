@@ -358,3 +358,63 @@ def test_memory_drain_and_restore_keep_order_ttl_and_length() -> None:
     mem.restore("may", [ev(1)], 10.0)
     now[0] += 11
     assert mem.recent_now("may") == []
+
+
+# -- what an outage can lose, and recovery without flapping (issue 13) ---------------------------
+
+async def test_an_outage_beyond_the_memory_bound_counts_and_logs_every_dropped_listener(
+        own_redis, musicrec_logs: list) -> None:
+    """With Redis down, listeners past the bound used to vanish without a log line or a metric."""
+    client = redis_client(own_redis.url, 0.25)
+    store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, fallback=MemorySessionStore(MAX_LEN, TTL_S, 100),
+                              backoff_initial_s=0.05, backoff_max_s=0.1)
+    await store.start()
+    try:
+        own_redis.kill()
+        for i in range(130):  # 130 listeners, 2 events each, into a store that keeps 100
+            await store.append(f"listener-{i}", ev(i))
+            await store.append(f"listener-{i}", ev(i + 1000, "like"))
+        assert store.status == "degraded"
+        assert store.evictions == (30, 60)
+        drops = [r for r in musicrec_logs if "session store full" in r.getMessage()]
+        assert drops and drops[0].levelname == "WARNING"
+        own_redis.start()
+        for _ in range(200):
+            if store.status == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert store.status == "ok"
+        kept = [len(await store.recent(f"listener-{i}")) for i in range(130)]
+        # Nothing beyond what was counted is missing: 100 listeners written back whole, 30 counted as dropped.
+        assert kept == [0] * 30 + [2] * 100
+        assert sum(kept) + store.evictions[1] == 260
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_recovery_drops_the_pooled_connections_so_redis_does_not_flap(own_redis, musicrec_logs: list) -> None:
+    """Connections pooled before the outage were dead after it: each failed once, and the store flapped back."""
+    client = redis_client(own_redis.url, 0.25, max_connections=64)
+    store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, backoff_initial_s=0.05, backoff_max_s=0.1)
+    await store.start()
+    try:
+        await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))  # ~40 pooled connections
+        own_redis.kill()
+        await store.append("during", ev(1))
+        assert store.status == "degraded"
+        own_redis.start()
+        for _ in range(200):
+            if store.status == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert store.status == "ok"
+        for _ in range(5):  # bursts that use many pooled connections at once
+            await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))
+            await asyncio.gather(*(store.recent(f"c{i}") for i in range(40)))
+        assert store.status == "ok"
+        assert len([r for r in musicrec_logs if "redis unreachable" in r.getMessage()]) == 1  # one outage, no flap
+        assert store.link.outages == 1
+    finally:
+        await store.close()
+        await client.aclose()

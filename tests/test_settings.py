@@ -75,7 +75,8 @@ def test_in_process_sessions_refuse_more_than_one_worker() -> None:
     ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
     ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_MAX_CONNECTIONS", "0"),
     ("LOG_FORMAT", "xml"), ("ACCESS_LOG", "sometimes"), ("SPOTIFY_API_URL", "ftp://x"), ("ARTIFACTS_DIR", ""),
-    ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_BYTES", "16k"), ("REQUEST_TIMEOUT_S", "0"), ("REQUEST_TIMEOUT_S", "inf"),
+    ("MEMORY_SESSION_LIMIT", "0"), ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_BYTES", "16k"), ("REQUEST_TIMEOUT_S", "0"),
+    ("REQUEST_TIMEOUT_S", "inf"),
 ], ids=lambda v: v or "empty")
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:

@@ -18,11 +18,14 @@ V = TypeVar("V")
 class LRU(Generic[K, V]):
     """At most ``max_items`` entries; a read or write is a use; an entry past its ``ttl_s`` is gone."""
 
-    def __init__(self, max_items: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_items: int, *, clock: Callable[[], float] = time.monotonic,
+                 on_evict: Callable[[K, V], None] | None = None) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.max_items = max_items
         self._clock = clock
+        self._on_evict = on_evict
+        """Called with each unexpired entry ``put`` pushes out (an expired one held nothing anyone could read)."""
         self._entries: OrderedDict[K, tuple[V, float | None]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -45,7 +48,9 @@ class LRU(Generic[K, V]):
         self._entries[key] = (value, None if ttl_s is None else self._clock() + ttl_s)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_items:
-            self._entries.popitem(last=False)
+            evicted, (old, expires) = self._entries.popitem(last=False)
+            if self._on_evict is not None and (expires is None or expires > self._clock()):
+                self._on_evict(evicted, old)
 
     def pop(self, key: K) -> V | None:
         entry = self._entries.pop(key, None)

@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
                 "redis_degraded": sessions.status == "degraded", "kafka_degraded": events.status == "degraded",
                 "model_version": holder.current.model_version, "demo": holder.current.artifacts.manifest.demo,
                 "answer_hits": answers.hits, "answer_misses": answers.misses,
+                "sessions_evicted": sessions.evictions[0], "session_events_evicted": sessions.evictions[1],
             })
             if metrics.multiprocess:  # several workers: keep this one's figures in the shared files fresh
                 refresher = asyncio.create_task(metrics.refresh_loop(), name="metrics-refresh")

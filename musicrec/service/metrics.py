@@ -36,6 +36,9 @@ COUNTERS = {  # state key → (name, help); exposed as <name>_total
     "dropped": ("musicrec_events_dropped", "events dropped because the local buffer was full"),
     "answer_hits": ("musicrec_answer_cache_hits", "session answers served from a worker's answer cache"),
     "answer_misses": ("musicrec_answer_cache_misses", "session answers computed (then kept)"),
+    "sessions_evicted": ("musicrec_sessions_evicted", "listeners whose in-process session (memory://, or kept during "
+                                                      "a Redis outage) was dropped because the store was full"),
+    "session_events_evicted": ("musicrec_session_events_evicted", "session events lost with those listeners"),
 }
 GAUGES = {  # state key → (name, help, how workers combine)
     "buffered": ("musicrec_events_buffered", "events waiting in the local buffer", "livesum"),

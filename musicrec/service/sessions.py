@@ -7,7 +7,10 @@ request: the first failed call marks the worker's one ``RedisLink`` down (logged
 in ``status`` and /readyz), every Redis user (this store, the online-track cache) serves from
 memory without touching Redis, and a single background task probes with backoff until Redis
 answers, then lets this store write what the outage collected (events, and clears) into Redis
-before Redis serves again, so no session event is lost to an outage.
+before Redis serves again. What an outage can lose: the memory store holds at most
+``max_clients`` listeners per worker (``MEMORY_SESSION_LIMIT``); past that the least recently
+seen listener's outage events are dropped, and every such drop is counted (``evictions``, on
+/metrics) and logged, never silent.
 """
 from __future__ import annotations
 
@@ -63,26 +66,53 @@ class SessionStore(Protocol):
         """"ok" (Redis answering), "degraded" (Redis configured but down) or "memory" (memory://)."""
         ...
 
+    @property
+    def evictions(self) -> tuple[int, int]:
+        """(listeners, events) the in-process store dropped to stay within its bound, since start."""
+        ...
+
 
 class MemorySessionStore:
     """In-process sessions with Redis-like semantics: capped length, TTL refreshed on write.
 
     The number of listeners is bounded too (least recently used evicted first, ``LRU``), so a
-    flood of new client ids cannot grow the process without limit while Redis is down.
+    flood of new client ids cannot grow the process without limit while Redis is down. Each
+    eviction is counted (listeners and their events) and logged, at most every
+    ``evict_log_interval_s`` with the running totals: a session lost this way is never silent.
     """
 
     def __init__(self, max_len: int, ttl_s: float, max_clients: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, evict_log_interval_s: float = 10.0) -> None:
         if max_len < 1 or ttl_s <= 0 or max_clients < 1:
             raise ValueError(f"need max_len >= 1, ttl_s > 0, max_clients >= 1; got {max_len}, {ttl_s}, {max_clients}")
         self.max_len = max_len
         self.ttl_s = ttl_s
         self.max_clients = max_clients
-        self._sessions: LRU[str, deque[SessionEvent]] = LRU(max_clients, clock=clock)
+        self.evicted_listeners = 0
+        """Listeners dropped to keep the store within ``max_clients`` (their unexpired events are lost)."""
+        self.evicted_events = 0
+        self._clock = clock
+        self._evict_log_interval_s = evict_log_interval_s
+        self._last_evict_log = float("-inf")
+        self._sessions: LRU[str, deque[SessionEvent]] = LRU(max_clients, clock=clock, on_evict=self._evicted)
 
     @property
     def status(self) -> str:
         return "memory"
+
+    @property
+    def evictions(self) -> tuple[int, int]:
+        return self.evicted_listeners, self.evicted_events
+
+    def _evicted(self, client_id: str, events: deque[SessionEvent]) -> None:
+        self.evicted_listeners += 1
+        self.evicted_events += len(events)
+        now = self._clock()
+        if now - self._last_evict_log >= self._evict_log_interval_s:
+            self._last_evict_log = now
+            log.warning("in-process session store full (%d listeners): dropping the least recently seen; "
+                        "%d listeners' sessions (%d events) dropped so far", self.max_clients,
+                        self.evicted_listeners, self.evicted_events)
 
     def __len__(self) -> int:
         """Listeners currently held (expired ones may linger until touched or evicted)."""
@@ -146,6 +176,8 @@ class RedisLink:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._down = False
+        self.outages = 0
+        """Times the link went down; one per real outage (a flap after recovery would show here)."""
         self._down_since = 0.0
         self._reconnect: asyncio.Task[None] | None = None
         self._closed = False
@@ -183,6 +215,7 @@ class RedisLink:
         if self._down or self._closed:
             return
         self._down = True
+        self.outages += 1
         self._down_since = time.monotonic()
         log.warning("redis unreachable (%s: %s); serving sessions (and the online-track cache) from memory until "
                     "it answers again", type(exc).__name__, exc)
@@ -193,6 +226,10 @@ class RedisLink:
         while True:
             await asyncio.sleep(delay)
             try:
+                # The connections pooled before the outage are dead sockets (or, after a stall, hold
+                # replies nobody reads); kept, each would fail once after recovery and flap every user
+                # back to memory. Close them all: every call after recovery opens a fresh one.
+                await self.client.connection_pool.disconnect()
                 await self.client.ping()
                 for hook in self._recover_hooks:
                     await hook()
@@ -223,13 +260,17 @@ class RedisSessionStore:
         self.max_len = max_len
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self.fallback = fallback or MemorySessionStore(max_len, ttl_s)
+        self.fallback = fallback if fallback is not None else MemorySessionStore(max_len, ttl_s)  # (an empty one is falsy)
         self._cleared: set[str] = set()  # clients whose session was cleared during an outage
         self.link.on_recover(self._replay_logged)
 
     @property
     def status(self) -> str:
         return self.link.status
+
+    @property
+    def evictions(self) -> tuple[int, int]:
+        return self.fallback.evictions
 
     def key(self, client_id: str) -> str:
         return f"{self.prefix}session:{client_id}"
@@ -365,14 +406,15 @@ async def open_session_store(settings: "Settings", *, prefix: str = DEFAULT_PREF
                              link: RedisLink | None = None) -> AsyncIterator[SessionStore]:
     """The session store the settings ask for, on ``link`` when given (its owner starts and closes it),
     else on a client of its own, closed (client and reconnect task) on exit."""
+    memory = MemorySessionStore(settings.session_len, settings.session_ttl_s, settings.memory_session_limit)
     if settings.memory_sessions:
-        yield MemorySessionStore(settings.session_len, settings.session_ttl_s)
+        yield memory
         return
     if link is not None:
         yield RedisSessionStore(link.client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix,
-                                link=link)
+                                link=link, fallback=memory)
         return
     async with open_redis_link(settings) as own:
         own = cast(RedisLink, own)  # not memory:// (answered above), so there is a link
         yield RedisSessionStore(own.client, max_len=settings.session_len, ttl_s=settings.session_ttl_s, prefix=prefix,
-                                link=own)
+                                link=own, fallback=memory)

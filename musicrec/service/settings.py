@@ -43,6 +43,9 @@ class Settings(CommonSettings):
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 64
     """Redis connections per worker; a request waits (up to ``redis_timeout_s``) for a free one."""
+    memory_session_limit: int = 100_000
+    """Listeners the in-process store keeps per worker (``memory://``, or Redis down); past it the least
+    recently seen are dropped, counted and logged."""
     mode: Mode = "offline"
     admin_token: str = ""
     faiss_threads: int = 1
@@ -105,6 +108,8 @@ def _parse(values: Mapping[str, str]) -> Settings:
                               "a number of seconds in (0, 60]"),
         redis_max_connections=p.get("REDIS_MAX_CONNECTIONS", d.redis_max_connections, int, lambda v: 1 <= v <= 10_000,
                                     "an integer in 1..10000"),
+        memory_session_limit=p.get("MEMORY_SESSION_LIMIT", d.memory_session_limit, int,
+                                   lambda v: 1 <= v <= 100_000_000, "an integer in 1..100000000"),
         mode=cast(Mode, p.get("MODE", d.mode, str.lower, lambda v: v in MODES, f"one of {', '.join(MODES)}")),
         admin_token=p.get("ADMIN_TOKEN", d.admin_token, str),
         faiss_threads=p.get("FAISS_THREADS", d.faiss_threads, int, lambda v: 1 <= v <= 256, "an integer in 1..256"),
@@ -144,6 +149,8 @@ SERVICE_HELP: Final = {
     "REDIS_MAX_CONNECTIONS": "Redis connections per worker; beyond that a request waits up to REDIS_TIMEOUT_S",
     "SESSION_TTL_S": "seconds a listener's session lives after its last event",
     "SESSION_LEN": "events kept per listener",
+    "MEMORY_SESSION_LIMIT": "listeners the in-process session store keeps per worker (memory://, or Redis down); "
+                            "past it the least recently seen are dropped, counted and logged",
     "KAFKA_BOOTSTRAP_SERVERS": COMMON_HELP["KAFKA_BOOTSTRAP_SERVERS"],
     "KAFKA_TOPIC": COMMON_HELP["KAFKA_TOPIC"],
     "EVENT_BUFFER_SIZE": "events kept locally while Kafka is slow or down (oldest dropped when full)",
