@@ -13,7 +13,7 @@ and every problem is reported at once, naming the variable and the bad value (se
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -29,12 +29,54 @@ MASK: Final = "***"
 DEFAULT_KAFKA_TOPIC: Final = "music-events"
 DEFAULT_SPOTIFY_API_URL: Final = "https://api.spotify.com/v1/"
 DEFAULT_SPOTIFY_TOKEN_URL: Final = "https://accounts.spotify.com/api/token"
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 T = TypeVar("T")
 
 
 class SettingsError(ValueError):
     """A variable is missing its expected shape; the message names each variable and bad value."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How the service's producer and the indexer's consumer authenticate to Kafka.
+
+    Credentials go in these fields, which aiokafka sends over SASL, never in the bootstrap
+    servers: ``user:pass@host`` there reached the service's and aiokafka's log lines in clear.
+    """
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str = "PLAIN"
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def problems(self) -> list[str]:
+        """What does not fit together, one message per problem (empty when usable)."""
+        sasl = self.protocol.startswith("SASL_")
+        if sasl and not (self.username and self.password):
+            return [f"KAFKA_SECURITY_PROTOCOL={self.protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"]
+        if not sasl and (self.username or self.password):
+            return ["KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD need KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL"]
+        return []
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaProducer``/``AIOKafkaConsumer``."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context()  # the system's CAs
+        if self.protocol.startswith("SASL_"):
+            kwargs |= {"sasl_mechanism": self.mechanism, "sasl_plain_username": self.username,
+                       "sasl_plain_password": self.password}
+        return kwargs
+
+
+def has_credentials(bootstrap_servers: str) -> bool:
+    """True when a ``user:pass@host:port`` (or ``user@host``) entry carries credentials it must not."""
+    return any("@" in part for part in bootstrap_servers.split(","))
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,6 +88,11 @@ class CommonSettings:
     kafka_bootstrap_servers: str = ""
     """Comma-separated ``host:port`` list; empty means no Kafka (events stay in a bounded buffer)."""
     kafka_topic: str = DEFAULT_KAFKA_TOPIC
+    kafka_security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; credentials go in the SASL settings, never in the servers."""
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
     spotipy_client_id: str = ""
     spotipy_client_secret: str = ""
     spotify_api_url: str = DEFAULT_SPOTIFY_API_URL
@@ -56,6 +103,11 @@ class CommonSettings:
     @property
     def kafka_enabled(self) -> bool:
         return bool(self.kafka_bootstrap_servers.strip())
+
+    @property
+    def kafka_security(self) -> "KafkaSecurity":
+        return KafkaSecurity(self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_sasl_username,
+                             self.kafka_sasl_password)
 
     def spotify_config(self, **overrides: Any) -> "SpotifyConfig":
         """The Spotify client's config; SpotifyAuthError when a credential is missing."""
@@ -85,12 +137,16 @@ class CommonSettings:
         return f"{type(self).__name__}({inner})"
 
 
-SECRET_FIELDS: Final = frozenset({"admin_token", "spotipy_client_secret"})
+SECRET_FIELDS: Final = frozenset({"admin_token", "spotipy_client_secret", "kafka_sasl_password"})
 
 COMMON_HELP: Final = {
     "ARTIFACTS_DIR": "a version folder, or a root of versions with a `current` link",
     "KAFKA_BOOTSTRAP_SERVERS": "Kafka host:port[,…] where listener events go; empty: no Kafka",
     "KAFKA_TOPIC": "the listener-event topic",
+    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    "KAFKA_SASL_MECHANISM": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)",
+    "KAFKA_SASL_USERNAME": "Kafka SASL user (credentials never go in KAFKA_BOOTSTRAP_SERVERS)",
+    "KAFKA_SASL_PASSWORD": "Kafka SASL password (never logged)",
     "SPOTIPY_CLIENT_ID": "Spotify app client id (client-credentials; online mode and --spotify-playlist)",
     "SPOTIPY_CLIENT_SECRET": "Spotify app client secret (never logged)",
     "SPOTIFY_API_URL": "Spotify Web API base URL (a proxy, or a test double)",
@@ -170,14 +226,28 @@ class EnvParser:
 
 def parse_common(p: EnvParser) -> dict[str, Any]:
     """The shared variables as keyword arguments for a CommonSettings subclass (errors collected in ``p``)."""
+    values = _parse_common_values(p)
+    p.errors.extend(KafkaSecurity(values["kafka_security_protocol"], values["kafka_sasl_mechanism"],
+                                  values["kafka_sasl_username"], values["kafka_sasl_password"]).problems())
+    return values
+
+
+def _parse_common_values(p: EnvParser) -> dict[str, Any]:
     d = CommonSettings()
     return dict(
         artifacts_dir=Path(p.get("ARTIFACTS_DIR", str(d.artifacts_dir), str, bool, "a non-empty path")),
         kafka_bootstrap_servers=p.get("KAFKA_BOOTSTRAP_SERVERS", d.kafka_bootstrap_servers, str, valid_bootstrap,
-                                      "empty or a comma-separated list of host:port",
+                                      "empty or a comma-separated list of host:port, without credentials "
+                                      "(those go in KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD)",
                                       show=lambda raw: repr(",".join(mask_url(x) for x in raw.split(",")))),
         kafka_topic=p.get("KAFKA_TOPIC", d.kafka_topic, str, valid_topic,
                           "a Kafka topic name (1..249 of letters, digits, '.', '_', '-')"),
+        kafka_security_protocol=p.get("KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol, str.upper,
+                                      lambda v: v in SECURITY_PROTOCOLS, f"one of {', '.join(SECURITY_PROTOCOLS)}"),
+        kafka_sasl_mechanism=p.get("KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism, str.upper,
+                                   lambda v: v in SASL_MECHANISMS, f"one of {', '.join(SASL_MECHANISMS)}"),
+        kafka_sasl_username=p.get("KAFKA_SASL_USERNAME", d.kafka_sasl_username, str),
+        kafka_sasl_password=p.values.get("KAFKA_SASL_PASSWORD", d.kafka_sasl_password),  # as given: not stripped
         spotipy_client_id=p.get("SPOTIPY_CLIENT_ID", d.spotipy_client_id, str),
         spotipy_client_secret=p.get("SPOTIPY_CLIENT_SECRET", d.spotipy_client_secret, str),
         spotify_api_url=p.get("SPOTIFY_API_URL", d.spotify_api_url, _with_slash, _http_url, "an http(s) URL"),
@@ -207,6 +277,8 @@ def boolean(raw: str) -> bool:
 def valid_bootstrap(value: str) -> bool:
     if not value:
         return True
+    if has_credentials(value):  # credentials belong in KAFKA_SASL_USERNAME/PASSWORD, sent over SASL
+        return False
     for part in value.split(","):
         host, sep, port = part.strip().rpartition(":")
         if not (host and sep and port.isdigit() and 1 <= int(port) <= 65535):

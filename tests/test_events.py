@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from musicrec.service.events import EventSink, open_event_sink
-from musicrec.service.settings import Settings
+from musicrec.service.settings import Settings, SettingsError
 from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event, decode_event, encode_event
 from benchmarks.kafka import run_tansu
 from tests.conftest import free_port
@@ -185,3 +185,59 @@ async def test_kafka_down_at_start_then_up_delivers_everything_buffered(tmp_path
             await sink.close()
     finally:
         await sink.close()
+
+
+# --- credentials never in clear (issue 13) --------------------------------------------------------
+
+def test_credentials_in_the_bootstrap_servers_are_refused_without_echoing_them() -> None:
+    """``user:pass@host`` used to be accepted, and reached the service's and aiokafka's log lines."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "app:hunter2@broker:9092"}, env_file=None)
+    message = str(info.value)
+    assert "hunter2" not in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "KAFKA_SASL_USERNAME" in message
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"),
+    ({"KAFKA_SASL_USERNAME": "app", "KAFKA_SASL_PASSWORD": "pw"}, "need KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "GSSAPI", "KAFKA_SASL_USERNAME": "a",
+      "KAFKA_SASL_PASSWORD": "b"}, "KAFKA_SASL_MECHANISM must be one of"),
+], ids=["sasl-without-creds", "creds-without-sasl", "bad-protocol", "bad-mechanism"])
+def test_kafka_security_settings_are_validated(env: dict, problem: str) -> None:
+    with pytest.raises(SettingsError, match=problem):
+        Settings.from_env(env, env_file=None)
+
+
+def test_the_sasl_password_is_a_secret() -> None:
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "scram-sha-512",
+                           "KAFKA_SASL_USERNAME": "app", "KAFKA_SASL_PASSWORD": "hunter2"}, env_file=None)
+    assert "hunter2" not in repr(s) and s.masked()["kafka_sasl_password"] == "***"
+    kwargs = s.kafka_security.client_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] == "app" and kwargs["sasl_plain_password"] == "hunter2"
+    assert kwargs["ssl_context"] is not None
+
+
+@pytest.mark.anyio
+async def test_the_producer_authenticates_over_sasl_and_no_log_line_has_the_password(
+        kafka_bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
+    """tansu speaks no SASL: a producer that really tries SASL fails its handshake (a plain one would connect)."""
+    caplog.set_level(logging.DEBUG)  # every logger, aiokafka's included
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                                  "KAFKA_SASL_USERNAME": "app", "KAFKA_SASL_PASSWORD": "hunter2-secret"}, env_file=None)
+    async with open_event_sink(settings) as sink:
+        sink.publish(make_event(1))
+        await asyncio.sleep(0.5)
+        assert sink.status == "degraded" and sink.produced == 0
+    assert caplog.records and not [r for r in caplog.records if "hunter2" in r.getMessage()]
+    assert any("kafka unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_the_consumer_refuses_credentials_in_the_servers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from musicrec.indexer.cli import main
+
+    assert main(["consume", "--out", str(tmp_path), "--bootstrap-servers", "app:hunter2@127.0.0.1:9092",
+                 "--until-idle", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "KAFKA_SASL_PASSWORD" in err

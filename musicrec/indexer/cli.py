@@ -252,6 +252,7 @@ def cmd_consume(args: argparse.Namespace, settings: OfflineSettings) -> int:
 
     from aiokafka.errors import KafkaError
 
+    from musicrec.config import has_credentials
     from musicrec.indexer.consume import DEFAULT_GROUP, ConsumeOptions, consume_until_signalled
 
     bootstrap = (args.bootstrap_servers or settings.kafka_bootstrap_servers).strip()
@@ -259,7 +260,12 @@ def cmd_consume(args: argparse.Namespace, settings: OfflineSettings) -> int:
         print("error: no Kafka bootstrap servers: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS",
               file=sys.stderr)
         return 2
-    options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap, topic=args.topic or settings.kafka_topic,
+    if has_credentials(bootstrap):  # they would reach aiokafka's log lines; SASL carries them instead
+        print("error: credentials in the Kafka bootstrap servers: set KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
+              "SASL_PLAINTEXT), KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD instead", file=sys.stderr)
+        return 2
+    options = ConsumeOptions(out=args.out, bootstrap_servers=bootstrap, security=settings.kafka_security,
+                             topic=args.topic or settings.kafka_topic,
                              group_id=args.group or DEFAULT_GROUP, max_events=args.max_events, max_age_s=args.max_age_s,
                              until_idle_s=args.until_idle, progress_interval_s=args.progress_s)
     try:

@@ -24,7 +24,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from musicrec.config import DEFAULT_KAFKA_TOPIC
+from musicrec.config import DEFAULT_KAFKA_TOPIC, KafkaSecurity
 from musicrec.data.events import Event, decode_event
 from musicrec.indexer.event_dataset import partition_date, write_events
 
@@ -57,6 +57,8 @@ class ConsumeOptions:
     progress_interval_s: float = 5.0
     poll_s: float = 0.5
     """Longest wait for messages before the loop re-checks stop, age and idleness."""
+    security: KafkaSecurity = KafkaSecurity()
+    """SASL/SSL, as the service's producer uses (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``)."""
 
 
 @dataclass
@@ -73,7 +75,7 @@ def kafka_consumer(options: ConsumeOptions) -> AIOKafkaConsumer:
     """The consumer the indexer uses: a group member that commits by hand, from the start when new."""
     return AIOKafkaConsumer(bootstrap_servers=options.bootstrap_servers, group_id=options.group_id,
                             client_id="musicrec-indexer", auto_offset_reset="earliest",
-                            enable_auto_commit=False)
+                            enable_auto_commit=False, **options.security.client_kwargs())
 
 
 class DeadLetters:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ClusterAuthorizationFailedError, KafkaError, UnknownError, UnsupportedVersionError
 
+from musicrec.config import KafkaSecurity, mask_url
 from musicrec.data.events import Event, encode_event
 
 if TYPE_CHECKING:
@@ -45,8 +46,11 @@ class EventSink:
     def __init__(self, bootstrap_servers: str, topic: str, *, buffer_size: int = 10_000,
                  batch_size: int = 500, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
                  drop_log_interval_s: float = 10.0, request_timeout_ms: int = 15_000,
-                 first_connect_wait_s: float = 2.0) -> None:
+                 first_connect_wait_s: float = 2.0, security: KafkaSecurity = KafkaSecurity()) -> None:
         self.bootstrap_servers = bootstrap_servers.strip()
+        self.security = security
+        # What log lines name: never a password, even if one was put in the servers (Settings refuses that).
+        self._where = ",".join(mask_url(part) for part in self.bootstrap_servers.split(","))
         self.topic = topic
         self.batch_size = batch_size
         self.backoff_initial_s = backoff_initial_s
@@ -72,7 +76,8 @@ class EventSink:
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "EventSink":
-        return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, buffer_size=settings.event_buffer_size)
+        return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, buffer_size=settings.event_buffer_size,
+                   security=settings.kafka_security)
 
     @property
     def status(self) -> str:
@@ -161,7 +166,7 @@ class EventSink:
         while True:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
                                         enable_idempotence=self.idempotent, linger_ms=5,
-                                        request_timeout_ms=self.request_timeout_ms)
+                                        request_timeout_ms=self.request_timeout_ms, **self.security.client_kwargs())
             try:
                 await producer.start()
                 return producer
@@ -245,8 +250,7 @@ class EventSink:
 
     def _connected(self) -> None:
         if self._outage_logged:
-            log.warning("kafka reachable again at %s; sending %d buffered events", self.bootstrap_servers,
-                        self.buffered)
+            log.warning("kafka reachable again at %s; sending %d buffered events", self._where, self.buffered)
         self._outage_logged = False
         self._status = "ok"
 
@@ -255,7 +259,7 @@ class EventSink:
         if not self._outage_logged:
             self._outage_logged = True
             log.warning("kafka unreachable at %s (%s: %s); buffering events (up to %d) and retrying with backoff",
-                        self.bootstrap_servers, type(exc).__name__, exc, self.buffer_size)
+                        self._where, type(exc).__name__, exc, self.buffer_size)
         else:
             log.debug("kafka still unreachable: %s", exc)
 

@@ -24,6 +24,7 @@ from musicrec.config import (
 
 __all__ = ["Settings", "SettingsError", "mask_url", "usable_cores", "SERVICE_HELP"]
 
+
 Mode = Literal["offline", "online"]
 MODES: Final = ("offline", "online")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "memory")
@@ -123,6 +124,7 @@ def _parse(values: Mapping[str, str]) -> Settings:
         request_timeout_s=p.get("REQUEST_TIMEOUT_S", d.request_timeout_s, finite_float, lambda v: 0 < v <= 600,
                                 "a number of seconds in (0, 600]"),
     )
+    p.errors.extend(settings.kafka_security.problems())
     if settings.memory_sessions and (settings.workers or 1) > 1:
         p.errors.append(f"WORKERS must be 1 or 'auto' with REDIS_URL=memory:// (each worker would keep its own "
                         f"sessions), got {settings.workers}")
@@ -153,6 +155,10 @@ SERVICE_HELP: Final = {
                             "past it the least recently seen are dropped, counted and logged",
     "KAFKA_BOOTSTRAP_SERVERS": COMMON_HELP["KAFKA_BOOTSTRAP_SERVERS"],
     "KAFKA_TOPIC": COMMON_HELP["KAFKA_TOPIC"],
+    "KAFKA_SECURITY_PROTOCOL": COMMON_HELP["KAFKA_SECURITY_PROTOCOL"],
+    "KAFKA_SASL_MECHANISM": COMMON_HELP["KAFKA_SASL_MECHANISM"],
+    "KAFKA_SASL_USERNAME": COMMON_HELP["KAFKA_SASL_USERNAME"],
+    "KAFKA_SASL_PASSWORD": COMMON_HELP["KAFKA_SASL_PASSWORD"],
     "EVENT_BUFFER_SIZE": "events kept locally while Kafka is slow or down (oldest dropped when full)",
     "RELOAD_POLL_S": "how often to look where `current` points (0 = never)",
     "ADMIN_TOKEN": "bearer token for POST /admin/reload; empty: the admin API is off",
