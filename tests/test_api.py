@@ -231,8 +231,9 @@ async def test_redis_down_still_serves_and_reports_degraded(demo_artifacts: Path
         assert ready["status"] == "degraded" and ready["redis"] == "degraded" and "redis" in ready["degraded"]
 
 
-async def test_kafka_down_still_accepts_events(demo_artifacts: Path, catalog, closed_port: int) -> None:
-    settings = settings_for(demo_artifacts, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{closed_port}")
+async def test_kafka_down_still_accepts_events(demo_artifacts: Path, catalog, closed_port: int, tmp_path: Path) -> None:
+    settings = settings_for(demo_artifacts, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{closed_port}",
+                            EVENT_SPILL_DIR=str(tmp_path / "spill"))
     async with AsyncTestClient(create_app(settings)) as c:
         for i in range(5):
             assert (await c.post("/events", json={"type": "track_view", "track_id": catalog.ids[i]})).status_code == 202
@@ -240,13 +241,14 @@ async def test_kafka_down_still_accepts_events(demo_artifacts: Path, catalog, cl
         assert ready["kafka"] == "degraded" and ready["events"]["buffered"] == 5 and ready["events"]["dropped"] == 0
 
 
-async def test_events_reach_kafka_n_in_n_out(demo_artifacts: Path, catalog, kafka_bootstrap: str) -> None:
+async def test_events_reach_kafka_n_in_n_out(demo_artifacts: Path, catalog, kafka_bootstrap: str, tmp_path: Path) -> None:
     from aiokafka import AIOKafkaConsumer
 
     from musicrec.data.events import decode_event
 
     topic = f"api-events-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(demo_artifacts, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_TOPIC=topic)
+    settings = settings_for(demo_artifacts, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_TOPIC=topic,
+                            EVENT_SPILL_DIR=str(tmp_path / "spill"))
     sent = []
     async with AsyncTestClient(create_app(settings)) as c:
         for i in range(30):

@@ -104,9 +104,11 @@ async def test_disabled_sink_keeps_a_bounded_buffer_dropping_the_oldest(caplog: 
 
 
 @pytest.mark.anyio
-async def test_kafka_down_never_raises_and_buffers(closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
+async def test_kafka_down_never_raises_and_buffers(closed_port: int, caplog: pytest.LogCaptureFixture,
+                                                  tmp_path: Path) -> None:
     caplog.set_level(logging.WARNING, logger="musicrec.service.events")
-    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"}, env_file=None)
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}",
+                                  "EVENT_SPILL_DIR": str(tmp_path)}, env_file=None)
     started = time.perf_counter()
     async with open_event_sink(settings) as sink:
         assert time.perf_counter() - started < 3.0  # start-up does not wait for Kafka
@@ -122,9 +124,10 @@ async def test_kafka_down_never_raises_and_buffers(closed_port: int, caplog: pyt
 # --- the sink with the real broker --------------------------------------------------------
 
 @pytest.mark.anyio
-async def test_n_events_in_n_records_out_keyed_by_client(kafka_bootstrap: str) -> None:
+async def test_n_events_in_n_records_out_keyed_by_client(kafka_bootstrap: str, tmp_path: Path) -> None:
     topic = new_topic()
-    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic}, env_file=None)
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic,
+                                  "EVENT_SPILL_DIR": str(tmp_path)}, env_file=None)
     sent = [make_event(i) for i in range(300)]
     async with open_event_sink(settings) as sink:
         assert sink.status == "ok"
@@ -221,10 +224,11 @@ def test_the_sasl_password_is_a_secret() -> None:
 
 @pytest.mark.anyio
 async def test_the_producer_authenticates_over_sasl_and_no_log_line_has_the_password(
-        kafka_bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
+        kafka_bootstrap: str, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """tansu speaks no SASL: a producer that really tries SASL fails its handshake (a plain one would connect)."""
     caplog.set_level(logging.DEBUG)  # every logger, aiokafka's included
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                                  "EVENT_SPILL_DIR": str(tmp_path),
                                   "KAFKA_SASL_USERNAME": "app", "KAFKA_SASL_PASSWORD": "hunter2-secret"}, env_file=None)
     async with open_event_sink(settings) as sink:
         sink.publish(make_event(1))
@@ -241,3 +245,101 @@ def test_the_consumer_refuses_credentials_in_the_servers(tmp_path: Path, capsys:
                  "--until-idle", "1"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "KAFKA_SASL_PASSWORD" in err
+
+
+# --- nothing accepted is lost at shutdown (issue 13) ----------------------------------------------
+
+def _pid_listening_as(listener_url: str) -> int:
+    """The pid of the tansu process started with ``listener_url`` (from /proc, to freeze it with SIGSTOP)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if listener_url.encode() in cmdline.read_bytes().split(b"\0"):
+                return int(cmdline.parent.name)
+        except OSError:
+            continue  # a process that ended meanwhile
+    raise LookupError(f"no process runs with {listener_url}")
+
+
+@pytest.mark.anyio
+async def test_events_a_hung_broker_did_not_take_are_spilled_at_shutdown_and_sent_on_the_next_start(
+        tmp_path: Path) -> None:
+    """Broker hung (SIGSTOP), SIGTERM: the buffered events used to be dropped with a log line."""
+    import os
+    import signal
+
+    port, topic, spill = free_port(), new_topic(), tmp_path / "spill"
+    with run_tansu(port, tmp_path / "tansu.log") as bootstrap:
+        tansu_pid = _pid_listening_as(f"tcp://127.0.0.1:{port}")
+        sink = EventSink(bootstrap, topic, request_timeout_ms=1500, spill_dir=spill)
+        await sink.start()
+        first = [make_event(i) for i in range(20)]
+        for event in first:
+            sink.publish(event)
+        deadline = time.monotonic() + 15
+        while sink.produced < len(first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sink.produced == len(first)
+        os.kill(tansu_pid, signal.SIGSTOP)  # hung: connections stay open, nothing is answered
+        try:
+            later = [make_event(100 + i) for i in range(30)]
+            for event in later:
+                sink.publish(event)
+            await asyncio.sleep(0.2)
+            await sink.close(timeout_s=1.0)
+            assert sink.spilled == len(later) and sink.buffered == 0
+            files = sorted(spill.glob(f"{topic}+*.jsonl"))
+            assert len(files) == 1
+            assert [decode_event(line).event_id for line in files[0].read_bytes().splitlines()] == \
+                [e.event_id for e in later]
+        finally:
+            os.kill(tansu_pid, signal.SIGCONT)
+        again = EventSink(bootstrap, topic, spill_dir=spill)
+        await again.start()
+        assert again.restored == len(later) and not list(spill.glob(f"{topic}+*.jsonl"))
+        deadline = time.monotonic() + 15
+        while again.buffered and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await again.close()
+        records = await consume(bootstrap, topic, len(first) + len(later))
+        # Every accepted event arrived (a batch cut off by the hang may arrive twice: consumers dedupe on event_id).
+        assert {decode_event(v).event_id for _, v in records} == {e.event_id for e in first + later}
+
+
+@pytest.mark.anyio
+async def test_a_spill_bigger_than_the_buffer_is_kept_not_dropped(closed_port: int, tmp_path: Path) -> None:
+    topic = new_topic()
+    down = f"127.0.0.1:{closed_port}"
+    sink = EventSink(down, topic, first_connect_wait_s=0.2, spill_dir=tmp_path)
+    await sink.start()
+    events = [make_event(i) for i in range(8)]
+    for event in events:
+        sink.publish(event)
+    await sink.close()
+    assert sink.spilled == 8
+    small = EventSink(down, topic, buffer_size=5, first_connect_wait_s=0.2, spill_dir=tmp_path)
+    await small.start()
+    assert (small.restored, small.buffered, small.dropped) == (5, 5, 0)
+    rest = list(tmp_path.glob(f"{topic}+*.jsonl"))
+    assert len(rest) == 1 and len(rest[0].read_bytes().splitlines()) == 3
+    await small.close()  # its 5 are spilled again beside the 3: all 8 still on disk, in two files
+    lines = [decode_event(line) for f in sorted(tmp_path.glob(f"{topic}+*.jsonl")) for line in f.read_bytes().splitlines()]
+    assert sorted(e.event_id for e in lines) == sorted(e.event_id for e in events)
+    other = EventSink(down, new_topic(), first_connect_wait_s=0.2, spill_dir=tmp_path)  # another topic's files stay
+    await other.start()
+    assert other.restored == 0
+    await other.close()
+
+
+@pytest.mark.anyio
+async def test_without_kafka_nothing_is_spilled(tmp_path: Path) -> None:
+    sink = EventSink("", "music-events", spill_dir=tmp_path)
+    await sink.start()
+    sink.publish(make_event(1))
+    await sink.close()
+    assert sink.spilled == 0 and not list(tmp_path.iterdir())
+
+
+def test_the_spill_directory_is_a_setting() -> None:
+    assert Settings().event_spill_dir == Path("var/event-spill")
+    assert Settings.from_env({"EVENT_SPILL_DIR": "/srv/spill"}, env_file=None).event_spill_dir == Path("/srv/spill")
+    assert Settings.from_env({"EVENT_SPILL_DIR": ""}, env_file=None).event_spill_dir is None

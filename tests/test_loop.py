@@ -44,7 +44,8 @@ async def test_events_through_kafka_rebuild_the_served_version_without_a_restart
     topic = f"loop-{os.getpid()}-{tmp_path.name}"[:200]
     settings = Settings.from_env({"ARTIFACTS_DIR": str(root), "REDIS_URL": "memory://", "RELOAD_POLL_S": "0.2",
                                   "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic,
-                                  "EVENT_BUFFER_SIZE": str(len(events) + 1)}, env_file=None)
+                                  "EVENT_BUFFER_SIZE": str(len(events) + 1), "EVENT_SPILL_DIR": str(tmp_path / "spill")},
+                                 env_file=None)
     app = create_app(settings)
     async with app.lifespan(), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
         async def ready() -> dict:

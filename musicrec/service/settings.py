@@ -41,6 +41,9 @@ class Settings(CommonSettings):
     session_ttl_s: int = 3600
     session_len: int = 20
     event_buffer_size: int = 10_000
+    event_spill_dir: Path | None = Path("var/event-spill")
+    """Undelivered Kafka events are written here at shutdown and sent on the next start; None (``EVENT_SPILL_DIR=``)
+    turns that off."""
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 64
     """Redis connections per worker; a request waits (up to ``redis_timeout_s``) for a free one."""
@@ -105,6 +108,7 @@ def _parse(values: Mapping[str, str]) -> Settings:
         session_ttl_s=p.get("SESSION_TTL_S", d.session_ttl_s, int, lambda v: v > 0, "an integer number of seconds > 0"),
         session_len=p.get("SESSION_LEN", d.session_len, int, lambda v: 1 <= v <= 1000, "an integer in 1..1000"),
         event_buffer_size=p.get("EVENT_BUFFER_SIZE", d.event_buffer_size, int, lambda v: v >= 1, "an integer >= 1"),
+        event_spill_dir=p.get("EVENT_SPILL_DIR", d.event_spill_dir, lambda raw: Path(raw) if raw else None),
         redis_timeout_s=p.get("REDIS_TIMEOUT_S", d.redis_timeout_s, finite_float, lambda v: 0 < v <= 60,
                               "a number of seconds in (0, 60]"),
         redis_max_connections=p.get("REDIS_MAX_CONNECTIONS", d.redis_max_connections, int, lambda v: 1 <= v <= 10_000,
@@ -160,6 +164,8 @@ SERVICE_HELP: Final = {
     "KAFKA_SASL_USERNAME": COMMON_HELP["KAFKA_SASL_USERNAME"],
     "KAFKA_SASL_PASSWORD": COMMON_HELP["KAFKA_SASL_PASSWORD"],
     "EVENT_BUFFER_SIZE": "events kept locally while Kafka is slow or down (oldest dropped when full)",
+    "EVENT_SPILL_DIR": "undelivered Kafka events are written here at shutdown and sent first on the next start "
+                       "(empty: off)",
     "RELOAD_POLL_S": "how often to look where `current` points (0 = never)",
     "ADMIN_TOKEN": "bearer token for POST /admin/reload; empty: the admin API is off",
     "FAISS_THREADS": "FAISS/BLAS threads per worker",
