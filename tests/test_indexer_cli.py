@@ -33,6 +33,14 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         ("bad_value.csv", HEADER + "a1,A,Al,T,5,FALSE,0.5,0.6,0.1,120,pop\na2,B,Bl,U,5,FALSE,0.5,high,0.1,120,pop\n",
          "column 'energy', row 2"),
         ("two_features.csv", "id,danceability,energy\na,0.1,0.2\n", "feature"),
+        # One absurd value used to build fine (exit 0) with that feature zeroed for the whole catalog.
+        ("absurd.csv", HEADER + "".join(f"a{i},A,Al,T,5,FALSE,{'1e308' if i == 7 else '0.5'},0.6,0.1,120,pop\n"
+                                        for i in range(20)), "column 'danceability', row 8: value 1e+308 outside"),
+        # Too few tracks to train on is the file's fault: exit 2, not the training failure's 1.
+        ("two_rows.csv", HEADER + "a1,A,Al,T,5,FALSE,0.5,0.6,0.1,120,pop\na2,B,Bl,U,5,FALSE,0.4,0.7,0.2,121,pop\n",
+         "only 2 track(s) after cleaning; a build needs at least 10"),
+        ("dup_header.csv", HEADER.strip() + ",energy\n" + "a1,A,Al,T,5,FALSE,0.5,0.6,0.1,120,pop,0.9\n",
+         "duplicate column 'energy'"),
     ],
     ids=lambda v: v if isinstance(v, str) and v.endswith(".csv") else "",
 )

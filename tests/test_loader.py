@@ -15,7 +15,7 @@ import pytest
 
 from musicrec.data.demo import generate_demo_frame, write_csv
 from musicrec.data.loader import Catalog, catalog_from_frame, load_csv
-from musicrec.data.schema import FEATURES, MIN_FEATURES, DataError, impute_features
+from musicrec.data.schema import FEATURE_RANGES, FEATURES, MIN_FEATURES, DataError, impute_features
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUSICREC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -438,3 +438,40 @@ def test_real_file_na_row(real: tuple[Catalog, float]) -> None:
 @pytest.mark.real_data
 def test_real_file_loads_fast(real: tuple[Catalog, float]) -> None:
     assert real[1] < 3.0, f"load_csv took {real[1]:.2f} s"
+
+
+# ---------------------------------------------------------------- absurd values and headers (issue 13)
+
+@pytest.mark.parametrize(("feature", "value"), [
+    ("energy", "1e308"), ("energy", "-0.01"), ("energy", "1.5"), ("tempo", "-3"), ("tempo", "1e9"),
+    ("duration", "-1"), ("time_signature", "99"),
+], ids=lambda v: v)
+def test_a_value_outside_its_features_range_is_a_bad_row(tmp_path: Path, feature: str, value: str) -> None:
+    """One danceability=1e308 row used to make the scaler's scale inf and zero the feature for the whole catalog."""
+    content = _csv(HEADER_114K, row("a"), row("b"), row("c", **{feature: value}))
+    err = bad_input(tmp_path, "range.csv", content)
+    column = {"duration": "duration_ms"}.get(feature, feature)
+    low, high = FEATURE_RANGES[column]
+    assert (err.column, err.row) == (column, 3)
+    assert str(err) == (f"{tmp_path / 'range.csv'}: column '{column}', row 3: value {float(value):g} outside "
+                        f"{column}'s valid range {low:g}..{high:g}")
+
+
+def test_the_ranges_accept_real_spotify_values_and_the_missing_spellings(tmp_path: Path) -> None:
+    lines = [HEADER_114K, row("a", energy="0", tempo="0", duration="0", time_signature="0"),
+             row("b", energy="1", tempo="243.372", duration="5237295", time_signature="5"), row("c", energy="")]
+    catalog = load_csv(write(tmp_path, "edges.csv", lines))
+    assert catalog.report.n_tracks == 3 and catalog.report.imputed["energy"] == 1
+
+
+def test_every_feature_has_a_range() -> None:
+    assert set(FEATURE_RANGES) == set(FEATURES)
+    assert all(low < high for low, high in FEATURE_RANGES.values())
+
+
+def test_a_repeated_column_in_the_header_is_refused(tmp_path: Path) -> None:
+    """pandas renames a repeated column ("energy.1"), so the first one used to be taken silently."""
+    err = bad_input(tmp_path, "dup.csv", _csv("id,energy,valence,tempo,energy", "x,0.1,0.2,100,0.9"))
+    assert "duplicate column 'energy'" in str(err)
+    err = bad_input(tmp_path, "dup2.csv", _csv(HEADER_114K + ",track_name", row("a") + ",Other"))
+    assert "duplicate column 'track_name'" in str(err)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from musicrec.data.schema import FEATURES, MIN_FEATURES, ZERO_MEANS_MISSING, DataError, impute_features
+from musicrec.data.schema import FEATURE_RANGES, FEATURES, MIN_FEATURES, ZERO_MEANS_MISSING, DataError, impute_features
 
 __all__ = ["Catalog", "LoadReport", "catalog_from_frame", "impute_features", "load_csv"]
 
@@ -98,6 +98,10 @@ def load_csv(path: str | os.PathLike[str]) -> Catalog:
         "na_values": [""],
     }
     header = _read(where, nrows=0, **options)
+    # pandas renames a repeated column ("energy", "energy.1"), so the first one would be used silently:
+    # check the header line as written.
+    first_line = _read(where, nrows=1, header=None, dtype=str, **options)
+    _refuse_duplicate_columns([c for c in first_line.iloc[0].tolist() if isinstance(c, str)], where)
     text_raw = [raw for raw in header.columns if _canonical_text(raw)]
     frame = _read(where, dtype={raw: str for raw in text_raw}, **options)
     return catalog_from_frame(frame, source=where, demo=False)
@@ -150,7 +154,7 @@ def catalog_from_frame(df: pd.DataFrame, *, source: str | None, demo: bool) -> C
         )
 
     # Parse on the full frame so reported rows match the file.
-    values = {f: _numeric(df[cols[f]], where, f) for f in present}
+    values = {f: _in_range(_numeric(df[cols[f]], where, f), where, f) for f in present}
     popularity = _numeric(df[cols["popularity"]], where, "popularity") if "popularity" in cols else None
     explicit = _boolean(df[cols["explicit"]], where, "explicit") if "explicit" in cols else None
     text = {c: _text(df[cols[c]]) if c in cols else None for c in _TEXT_COLUMNS}
@@ -239,6 +243,17 @@ def catalog_from_frame(df: pd.DataFrame, *, source: str | None, demo: bool) -> C
     return Catalog(tracks=tracks, features=list(features), report=report, demo=demo, source=source)
 
 
+def _refuse_duplicate_columns(names: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        norm = _normalise(name)
+        if _UNNAMED.match(norm):
+            continue
+        if norm in seen:
+            raise DataError(where, f"duplicate column {norm!r} in the header (column names are case-insensitive)")
+        seen.add(norm)
+
+
 def _resolve_columns(df: pd.DataFrame, where: str) -> dict[str, object]:
     """Map canonical names (id, artists, ..., each feature) to the frame's own column labels."""
     by_norm: dict[str, object] = {}
@@ -290,6 +305,18 @@ def _numeric(series: pd.Series, where: str, column: str) -> pd.Series:
         i = int(np.argmax(inf))
         raise DataError(where, f"non-finite value {series.iloc[i]!r}", column=column, row=i + 1)
     return out
+
+
+def _in_range(values: pd.Series, where: str, feature: str) -> pd.Series:
+    """The parsed values, once every present one lies in the feature's FEATURE_RANGES bounds (else a DataError)."""
+    low, high = FEATURE_RANGES[feature]
+    arr = values.to_numpy()
+    bad = (arr < low) | (arr > high)  # NaN (missing) compares False: imputed later, not a bad row
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(where, f"value {float(arr[i]):g} outside {feature}'s valid range {low:g}..{high:g}",
+                        column=feature, row=i + 1)
+    return values
 
 
 def _boolean(series: pd.Series, where: str, column: str) -> pd.Series:

@@ -29,6 +29,22 @@ FEATURES: tuple[str, ...] = (
 MIN_FEATURES = 3
 """Fewer features than this cannot place a track meaningfully, so loading refuses."""
 
+MIN_TRACKS = 10
+"""Fewer tracks than this leave too little to train and validate on, so a build refuses the file."""
+
+FEATURE_RANGES: Mapping[str, tuple[float, float]] = {
+    **{f: (0.0, 1.0) for f in ("danceability", "energy", "speechiness", "acousticness", "instrumentalness",
+                               "liveness", "valence", "mode")},
+    "key": (-1.0, 11.0),                   # pitch class; -1 = no key detected
+    "loudness": (-100.0, 20.0),            # dB, about -60..0 in practice (-49.5..4.5 in the 114k file)
+    "tempo": (0.0, 1000.0),                # BPM; 0 means unknown (imputed)
+    "duration_ms": (0.0, 86_400_000.0),    # up to a day; 0 means unknown (imputed)
+    "time_signature": (0.0, 16.0),         # beats per bar; 0 means unknown (imputed)
+}
+"""Inclusive bounds of a plausible value, per feature. A value outside them is a bad row, not data:
+one ``danceability=1e308`` made the scaler's scale infinite and zeroed that feature for the
+whole catalog. The bounds are generous (Spotify documents narrower ones) so real files pass."""
+
 ZERO_MEANS_MISSING: frozenset[str] = frozenset({"tempo", "time_signature", "duration_ms"})
 """Features where the source writes 0 for "unknown" (no real track has 0 BPM or 0 ms)."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from musicrec.config import COMMON_HELP, OfflineSettings, SettingsError, env_help_lines
-from musicrec.data.schema import DataError
+from musicrec.data.schema import MIN_TRACKS, DataError
 from musicrec.index.artifacts import ArtifactError
 from musicrec.index.faiss_index import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexBuildError
 from musicrec.indexer.errors import ModelFitError
@@ -180,6 +180,9 @@ def cmd_build(args: argparse.Namespace, settings: OfflineSettings) -> int:
     from musicrec.indexer.pipeline import BuildOptions, build_version
 
     catalog = _load_catalog(args, settings)
+    if catalog.report.n_tracks < MIN_TRACKS:  # the file's fault, so exit 2 (training would fail with exit 1)
+        raise DataError(catalog.source or "<demo>", f"only {catalog.report.n_tracks} track(s) after cleaning; "
+                        f"a build needs at least {MIN_TRACKS}")
     for warning in catalog.report.warnings:
         log.warning("%s", warning)
     options = BuildOptions(epochs=args.epochs, seed=args.seed, index_type=args.index_type, progress=not args.quiet,

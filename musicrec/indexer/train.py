@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from musicrec.data.schema import MIN_TRACKS
 from musicrec.indexer.errors import ModelFitError
 from musicrec.models.autoencoder import AutoEncoder
 
@@ -53,8 +54,8 @@ def train_autoencoder(scaled: np.ndarray, config: TrainConfig = TrainConfig()) -
     torch runs single-process deterministic kernels, so the same data and seed give the
     same weights on the same machine and thread count.
     """
-    if len(scaled) < 10:
-        raise ModelFitError(f"need at least 10 tracks to train, got {len(scaled)}")
+    if len(scaled) < MIN_TRACKS:
+        raise ModelFitError(f"need at least {MIN_TRACKS} tracks to train, got {len(scaled)}")
     torch.set_num_threads(config.threads or default_threads())
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
