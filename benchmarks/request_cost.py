@@ -136,7 +136,9 @@ async def _expect(call: Awaitable[int], status: int) -> None:
 def run(args: argparse.Namespace) -> str:
     version_dir = resolve_version_dir(args.artifacts)
     ids = pq.read_table(version_dir / TRACKS, columns=["id"]).column(0).to_pylist()
-    env = {"ARTIFACTS_DIR": str(version_dir), "REDIS_URL": args.redis_url, "RELOAD_POLL_S": "0"}
+    # One address sends every request: the rate limit is counted as in production, but set out of reach.
+    env = {"ARTIFACTS_DIR": str(version_dir), "REDIS_URL": args.redis_url, "RELOAD_POLL_S": "0",
+           "RATE_LIMIT_PER_MIN": "10000000"}
     kinds = [k for k in KINDS if k in args.kinds]
     results: dict[str, tuple[float, float]] = {}
     cached = [k for k in kinds if k != "uncached-get"]

@@ -196,7 +196,8 @@ async def post_through_service(artifacts: Path, events: Sequence[Event], *, kafk
 
     settings = Settings.from_env({"ARTIFACTS_DIR": str(artifacts), "REDIS_URL": "memory://",
                                   "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic,
-                                  "RELOAD_POLL_S": "0", "LOG_LEVEL": "WARNING"}, env_file=None)
+                                  "RELOAD_POLL_S": "0", "LOG_LEVEL": "WARNING", "RATE_LIMIT_PER_MIN": "0",
+                                  "EVENT_SPILL_DIR": ""}, env_file=None)
     sink = CapturingSink(settings.kafka_bootstrap_servers, settings.kafka_topic, buffer_size=len(events) + 1)
     by_client: dict[str, list[Event]] = {}
     for event in events:

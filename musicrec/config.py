@@ -137,7 +137,8 @@ class CommonSettings:
         return f"{type(self).__name__}({inner})"
 
 
-SECRET_FIELDS: Final = frozenset({"admin_token", "spotipy_client_secret", "kafka_sasl_password"})
+SECRET_FIELDS: Final = frozenset({"admin_token", "spotipy_client_secret", "kafka_sasl_password", "api_keys",
+                                  "cookie_secret"})
 
 COMMON_HELP: Final = {
     "ARTIFACTS_DIR": "a version folder, or a root of versions with a `current` link",

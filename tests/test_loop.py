@@ -43,6 +43,7 @@ async def test_events_through_kafka_rebuild_the_served_version_without_a_restart
     events = simulate_events(world, ListenerConfig(listeners=60, sessions_per_listener=2, plays=(6, 8)), seed=9)
     topic = f"loop-{os.getpid()}-{tmp_path.name}"[:200]
     settings = Settings.from_env({"ARTIFACTS_DIR": str(root), "REDIS_URL": "memory://", "RELOAD_POLL_S": "0.2",
+                                  "RATE_LIMIT_PER_MIN": "0",
                                   "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic,
                                   "EVENT_BUFFER_SIZE": str(len(events) + 1), "EVENT_SPILL_DIR": str(tmp_path / "spill")},
                                  env_file=None)

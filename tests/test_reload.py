@@ -30,7 +30,7 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory, demo_catalog_small) -
 
 def _settings(root: Path, **env: str) -> Settings:
     base = {"ARTIFACTS_DIR": str(root), "REDIS_URL": "memory://", "KAFKA_BOOTSTRAP_SERVERS": "",
-            "RELOAD_POLL_S": "0.1", "ADMIN_TOKEN": "s3cret"}
+            "RELOAD_POLL_S": "0.1", "ADMIN_TOKEN": "s3cret", "RATE_LIMIT_PER_MIN": "0", "ADMIN_RATE_LIMIT_PER_MIN": "0"}
     return Settings.from_env(base | env, env_file=None)
 
 

@@ -11,12 +11,19 @@ from musicrec.service.openapi import documented
 from musicrec.service.reload import ReloadResult
 
 
-def _authorise(request: Request, token: str) -> None:
+def admin_token_ok(request: Request, token: str) -> bool:
+    """Does the request carry ``Authorization: Bearer <ADMIN_TOKEN>``? (Compared in constant time; never with no token.)"""
+    given = request.headers.get("authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def authorise_admin(request: Request, token: str) -> None:
+    """403 while no ADMIN_TOKEN is configured, 401 without the right one. Attempts are rate limited (gate)."""
     if not token:
         raise Forbidden("the admin API is disabled: set ADMIN_TOKEN to enable it")
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")
+    if not admin_token_ok(request, token):
+        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)",
+                           headers={"WWW-Authenticate": "Bearer"})
 
 
 @post("/admin/reload", status_code=200, summary="Load the artefact version `current` points at (token required)",
@@ -26,7 +33,7 @@ def _authorise(request: Request, token: str) -> None:
 async def admin_reload(request: Request, state: State) -> dict[str, object]:
     """Only the worker that answers swaps at once; the others notice within ``RELOAD_POLL_S``. A version that
     fails to load is refused (409) and the old one keeps serving."""
-    _authorise(request, state.settings.admin_token)
+    authorise_admin(request, state.settings.admin_token)
     result: ReloadResult = await state.reloader.check(force=True)
     if result.error:
         raise Conflict(f"new version refused, still serving {result.model_version}: {result.error}")

@@ -24,6 +24,7 @@ from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
 from musicrec.service.metrics import ServiceMetrics
 from musicrec.service.openapi import API_ERRORS, EXAMPLE_CLIENT, EXAMPLE_TRACK, documented
+from musicrec.service.security import require_same_origin
 from musicrec.service.schemas import (
     EventAccepted, EventIn, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
     SongRecommendation, SongsPage,
@@ -86,7 +87,7 @@ async def songs_recommendations(
     started = time.perf_counter()
     body = logic.session_answer(serving.engine, serving.answers, events, k, diversity=diversity)
     serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
-    return remember(Response(body, media_type=MediaType.JSON), client, is_new)
+    return remember(request, Response(body, media_type=MediaType.JSON), client, is_new)
 
 
 @post("/api/recommendations", status_code=200, dependencies=SERVING, guards=[json_only],
@@ -106,7 +107,7 @@ async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep)
 
 @post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, guards=[json_only],
       summary="Record a view, skip or like",
-      **documented("events", errors=(*API_ERRORS, 404, 413, 415), listener=True,
+      **documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), listener=True,
                    body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
                    example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT, "type": "like"}))
 async def post_event(request: Request, data: JSONBody[EventIn], serving: ServingDep) -> Response[EventAccepted]:
@@ -114,6 +115,7 @@ async def post_event(request: Request, data: JSONBody[EventIn], serving: Serving
     (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``."""
     engine = serving.engine
     kind = logic.normalise_event_type(data.type)
+    require_same_origin(request)
     client, is_new = client_id(request, data.client_id)
     if data.track_id not in engine.tracks.row_of:
         raise NotFound(f"no track with id {data.track_id!r}")
@@ -121,7 +123,8 @@ async def post_event(request: Request, data: JSONBody[EventIn], serving: Serving
                                source=data.source, position=data.position)
     await serving.sessions.append(client, logic.session_event(event))
     serving.events.publish(event)
-    return remember(Response(EventAccepted(event.event_id, client, kind), status_code=HTTP_202_ACCEPTED), client, is_new)
+    return remember(request, Response(EventAccepted(event.event_id, client, kind), status_code=HTTP_202_ACCEPTED), client,
+                    is_new)
 
 
 @get("/api/session", summary="The caller's recent events, newest first",
@@ -135,13 +138,14 @@ async def get_session(request: Request, engine: EngineDep, sessions: SessionsDep
     t = engine.tracks
     out = [SessionEventOut(e.type, e.track_id, e.ts, t.name[r] if (r := t.row_of.get(e.track_id)) is not None else None)
            for e in recent]
-    return remember(Response(SessionOut(client, out)), client, is_new)
+    return remember(request, Response(SessionOut(client, out)), client, is_new)
 
 
 @delete("/api/session", status_code=HTTP_204_NO_CONTENT, summary="Forget the caller's session",
-        **documented("session", listener=True))
+        **documented("session", errors=(*API_ERRORS, 403), listener=True))
 async def delete_session(request: Request, sessions: SessionsDep) -> None:
     """The next recommendation starts from nothing (popular tracks); events already sent to Kafka stay there."""
+    require_same_origin(request)
     client, is_new = client_id(request)
     if not is_new:
         await sessions.clear(client)

@@ -33,6 +33,8 @@ from musicrec.service.reload import Reloader, watcher_done
 from musicrec.service.request_id import RequestId
 from musicrec.service.online import online_service
 from musicrec.service.requests import ServiceRequest
+from musicrec.service.security import Security
+from musicrec.service.gate import Gate, Guard, WindowCounters
 from musicrec.service.sessions import SessionStore, open_redis_link, open_session_store
 from musicrec.service.settings import Settings
 
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
     settings = settings or Settings.from_env()
     given = resources or Resources()
     metrics = ServiceMetrics()
+    security = Security.from_settings(settings)  # key digests and the cookie key, once, off the request path
+    guard = Guard(settings, security)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             link = await stack.enter_async_context(open_redis_link(settings)) if needs_redis else None
             sessions = given.sessions or await stack.enter_async_context(open_session_store(settings, link=link))
             events = given.events or await stack.enter_async_context(open_event_sink(settings))
+            guard.counters = WindowCounters(link)  # rate limits count in the worker's Redis, in-process while it is down
             holder = EngineHolder(engine)
             reloader = Reloader(settings.artifacts_dir, holder)
             app.state.holder, app.state.sessions, app.state.events = holder, sessions, events
@@ -90,6 +95,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
                 "model_version": holder.current.model_version, "demo": holder.current.artifacts.manifest.demo,
                 "answer_hits": answers.hits, "answer_misses": answers.misses,
                 "sessions_evicted": sessions.evictions[0], "session_events_evicted": sessions.evictions[1],
+                "shed": guard.shed, "rate_limited": guard.limited, "in_flight": guard.in_flight,
             })
             if metrics.multiprocess:  # several workers: keep this one's figures in the shared files fresh
                 refresher = asyncio.create_task(metrics.refresh_loop(), name="metrics-refresh")
@@ -122,12 +128,12 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
         lifespan=[lifespan],
         logging_config=None,  # logging is the process's (musicrec/logs.py), one format for uvicorn and us
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(RequestId, access_log=settings.access_log)],
+        middleware=[DefineMiddleware(RequestId, access_log=settings.access_log), DefineMiddleware(Gate, guard=guard)],
         request_max_body_size=MAX_BODY_BYTES,
         request_class=ServiceRequest,
         openapi_config=openapi_config(),
         response_headers=[REQUEST_ID_HEADER],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "security": security, "guard": guard}),
     )
     # Around the whole app, not in ``middleware=`` (a per-route stack): a request no route matches is counted too.
     app.asgi_handler = RequestMetrics(app.asgi_handler, histogram=metrics.request_seconds)

@@ -39,11 +39,14 @@ COUNTERS = {  # state key → (name, help); exposed as <name>_total
     "sessions_evicted": ("musicrec_sessions_evicted", "listeners whose in-process session (memory://, or kept during "
                                                       "a Redis outage) was dropped because the store was full"),
     "session_events_evicted": ("musicrec_session_events_evicted", "session events lost with those listeners"),
+    "shed": ("musicrec_requests_shed", "requests answered 503 because MAX_IN_FLIGHT were in flight in a worker"),
+    "rate_limited": ("musicrec_requests_rate_limited", "requests answered 429 (over a rate limit)"),
 }
 GAUGES = {  # state key → (name, help, how workers combine)
     "buffered": ("musicrec_events_buffered", "events waiting in the local buffer", "livesum"),
     "redis_degraded": ("musicrec_redis_degraded", "1 while sessions are served from the in-process fallback", "livemax"),
     "kafka_degraded": ("musicrec_kafka_degraded", "1 while Kafka is configured but unreachable", "livemax"),
+    "in_flight": ("musicrec_requests_in_flight", "requests being served now", "livesum"),
 }
 MODEL_INFO = ("musicrec_model_info", "the artefact version being served")
 

@@ -31,6 +31,7 @@ ASSETS_PATH = "/docs-assets"
 REDOC_DIR = Path(__file__).parent / "docs_assets" / "redoc"
 FAVICON = "<link rel='icon' type='image/svg+xml' href='/static/favicon.svg'>"
 ADMIN_SCHEME = "adminToken"
+API_KEY_SCHEME = "apiKey"
 EXAMPLE_TRACK = "5SuOikwiRyPMVoIQDJUgSV"
 EXAMPLE_CLIENT = "3f2b8c0e9d6a4b1f8e7c6d5a4b3c2d1e"
 
@@ -45,7 +46,7 @@ TAGS = [
 ERRORS: dict[int, str] = {
     400: "Bad input: a value out of range, an unknown field, genre or event type, malformed JSON or client id",
     401: "Missing or wrong credentials",
-    403: "The admin API is disabled (no ADMIN_TOKEN)",
+    403: "The admin API is disabled (no ADMIN_TOKEN), or a change made with the browser cookie came from another site",
     404: "No such track, or none of the given tracks is in the catalog",
     409: "The service's state refuses the request (a new artefact version that failed to load)",
     413: "The body is larger than the service accepts (1 MiB)",
@@ -58,20 +59,24 @@ ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
           "extra": [{"message": "Invalid enum value 'dance'", "key": "type", "source": "body"}]},
     404: {"status_code": 404, "detail": f"no track with id '{EXAMPLE_TRACK[::-1]}'"},
 }
-API_ERRORS = (400, 429, 503)
-"""What any JSON route can answer besides its own errors: bad input, rate limits, overload (bodies add 413, 415)."""
+API_ERRORS = (400, 401, 429, 503)
+"""What any JSON route can answer besides its own errors: bad input, a missing or wrong API key (with API_KEYS set),
+rate limits, overload (bodies add 413, 415)."""
 
 CLIENT_HEADER = Parameter(
     name="X-Client-Id", param_in="header", required=False,  # type: ignore[arg-type]
     description="Who is listening: 1–64 characters of [A-Za-z0-9_-]. Wins over the cookie; without either a new "
-                "listener is named and given the `client_id` cookie. A malformed id is a 400.",
+                "listener is named and given the `client_id` cookie. A malformed id is a 400. With API_KEYS set it "
+                "is honoured only from a caller with a valid API key (else a 401).",
     schema=Schema(type=OpenAPIType.STRING, pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=[EXAMPLE_CLIENT]))
 CLIENT_COOKIE = Parameter(
     name="client_id", param_in="cookie", required=False,  # type: ignore[arg-type]
-    description="The listener id the service set on a first visit (used when there is no X-Client-Id header).",
+    description="The listener id the service set on a first visit, signed (`<id>.<signature>`; a forged or "
+                "unsigned one is a new listener); used when there is no X-Client-Id header.",
     schema=Schema(type=OpenAPIType.STRING, pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=[EXAMPLE_CLIENT]))
 CLIENT_COOKIE_SET = Cookie(key="client_id", documentation_only=True, max_age=365 * 24 * 3600, path="/",
-                           samesite="lax", description="Set for a caller that sent no listener id: their session id.")
+                           samesite="lax", httponly=True,
+                           description="Set for a caller that sent no listener id: their session id, signed.")
 REQUEST_ID_HEADER = ResponseHeader(name="X-Request-Id", documentation_only=True,
                                    description="The request's id: the caller's own X-Request-Id when it is a plain "
                                                "token, else a fresh one; the service's log lines for it carry it.")
@@ -130,9 +135,15 @@ def openapi_config() -> OpenAPIConfig:
         title="musicrec", version=__version__, path="/schema", use_handler_docstrings=True, tags=TAGS,
         description="Low-latency music recommendations from audio features. Errors are JSON: "
                     "`{\"status_code\", \"detail\", \"extra\"?}`. A listener is named by the `X-Client-Id` header, "
-                    "else the `client_id` cookie (set on a first visit).",
-        components=Components(security_schemes={ADMIN_SCHEME: SecurityScheme(
-            type="http", scheme="bearer", description="`Authorization: Bearer <ADMIN_TOKEN>` (admin routes only)")}),
+                    "else the `client_id` cookie (set on a first visit). With API_KEYS set, /api/* and /events need "
+                    "`Authorization: Bearer <key>` or `X-Api-Key: <key>` (or the browser cookie), and only a caller "
+                    "with a key may send `X-Client-Id`.",
+        components=Components(security_schemes={
+            ADMIN_SCHEME: SecurityScheme(type="http", scheme="bearer",
+                                         description="`Authorization: Bearer <ADMIN_TOKEN>` (admin routes only)"),
+            API_KEY_SCHEME: SecurityScheme(type="http", scheme="bearer",
+                                           description="`Authorization: Bearer <key>` or `X-Api-Key: <key>`, one of "
+                                                       "API_KEYS (when set; /api/* and /events)")}),
         render_plugins=[swagger, redoc, JsonRenderPlugin()],
     )
 

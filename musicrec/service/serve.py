@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -97,6 +98,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     log.info("settings: %s; %d worker(s)", settings.masked(), settings.worker_count)
     log.info("artefacts: %s", checked)
+    if not settings.cookie_secret:
+        # One random secret for every worker of this start (each would otherwise make its own, and a
+        # cookie signed by one would be a stranger to the others); the workers inherit the environment.
+        os.environ["COOKIE_SECRET"] = secrets.token_urlsafe(32)
+        log.warning("COOKIE_SECRET is not set: listener cookies are signed with a random secret for this start "
+                    "only (after a restart every browser is a new listener); set COOKIE_SECRET to keep them")
     import uvicorn
 
     with metrics_dir(os.environ):

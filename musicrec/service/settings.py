@@ -28,6 +28,8 @@ __all__ = ["Settings", "SettingsError", "mask_url", "usable_cores", "SERVICE_HEL
 Mode = Literal["offline", "online"]
 MODES: Final = ("offline", "online")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "memory")
+MIN_SECRET_LEN: Final = 16
+"""The shortest API key or cookie secret accepted: anything shorter can be guessed."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -52,6 +54,14 @@ class Settings(CommonSettings):
     recently seen are dropped, counted and logged."""
     mode: Mode = "offline"
     admin_token: str = ""
+    api_keys: tuple[str, ...] = ()
+    """Keys calling apps send (``Authorization: Bearer`` or ``X-Api-Key``); several at once for rotation. Set, they
+    are required on /api/* and /events (browsers use their signed cookie instead), and only a caller with one may
+    name a listener with X-Client-Id."""
+    cookie_secret: str = ""
+    """HMAC key signing the listener cookie; empty: a random one per start (cookies then do not survive a restart)."""
+    trusted_origins: tuple[str, ...] = ()
+    """Origins (``https://host[:port]``) besides the request's own that may make cookie-authenticated changes."""
     faiss_threads: int = 1
     """Threads FAISS/BLAS may use per worker (pinned at start-up; see musicrec.index.engine)."""
     reload_poll_s: float = 5.0
@@ -60,6 +70,16 @@ class Settings(CommonSettings):
     """Encoded "what next?" answers kept per worker, by exact session state (musicrec.service.answers); 0 = off."""
     access_log: bool = False
     """One log line per request (method, path, status, duration, request id); off by default: it costs CPU."""
+    rate_limit_per_min: int = 1200
+    """Requests a minute per client address from callers without an API key (browsers included); 0 = no limit."""
+    api_key_rate_limit_per_min: int = 60_000
+    """Requests a minute per API key; 0 = no limit."""
+    admin_rate_limit_per_min: int = 10
+    """Requests a minute per client address to /admin/* (and token attempts on private /metrics, /readyz); 0 = none."""
+    max_in_flight: int = 256
+    """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit."""
+    ops_details: Literal["public", "private"] = "public"
+    """``private``: /metrics and /readyz's details need ``Authorization: Bearer $ADMIN_TOKEN`` (/healthz stays open)."""
     max_header_bytes: int = 16 * 1024
     """Request line plus headers, in bytes; a bigger head is answered 431 (musicrec.service.protocol)."""
     request_timeout_s: float = 10.0
@@ -117,12 +137,30 @@ def _parse(values: Mapping[str, str]) -> Settings:
                                    lambda v: 1 <= v <= 100_000_000, "an integer in 1..100000000"),
         mode=cast(Mode, p.get("MODE", d.mode, str.lower, lambda v: v in MODES, f"one of {', '.join(MODES)}")),
         admin_token=p.get("ADMIN_TOKEN", d.admin_token, str),
+        api_keys=p.get("API_KEYS", d.api_keys, _api_keys, None,
+                       f"a comma-separated list of keys, each at least {MIN_SECRET_LEN} characters of printable ASCII "
+                       "without spaces", show=lambda raw: f"{len(raw.split(','))} key(s), not shown"),
+        cookie_secret=p.get("COOKIE_SECRET", d.cookie_secret, str, lambda v: not v or len(v) >= MIN_SECRET_LEN,
+                            f"empty or at least {MIN_SECRET_LEN} characters", show=lambda raw: f"{len(raw)} characters"),
+        trusted_origins=p.get("TRUSTED_ORIGINS", d.trusted_origins, _origins, None,
+                              "a comma-separated list of origins like https://example.com[:port]"),
         faiss_threads=p.get("FAISS_THREADS", d.faiss_threads, int, lambda v: 1 <= v <= 256, "an integer in 1..256"),
         reload_poll_s=p.get("RELOAD_POLL_S", d.reload_poll_s, finite_float, lambda v: v >= 0,
                             "a number of seconds >= 0 (0 = off)"),
         answer_cache_size=p.get("ANSWER_CACHE_SIZE", d.answer_cache_size, int, lambda v: 0 <= v <= 1_000_000,
                                 "an integer in 0..1000000 (0 = off)"),
         access_log=p.get("ACCESS_LOG", d.access_log, boolean, None, "true or false"),
+        rate_limit_per_min=p.get("RATE_LIMIT_PER_MIN", d.rate_limit_per_min, int, lambda v: 0 <= v <= 10_000_000,
+                                 "an integer in 0..10000000 (0 = no limit)"),
+        api_key_rate_limit_per_min=p.get("API_KEY_RATE_LIMIT_PER_MIN", d.api_key_rate_limit_per_min, int,
+                                         lambda v: 0 <= v <= 100_000_000, "an integer in 0..100000000 (0 = no limit)"),
+        admin_rate_limit_per_min=p.get("ADMIN_RATE_LIMIT_PER_MIN", d.admin_rate_limit_per_min, int,
+                                       lambda v: 0 <= v <= 100_000, "an integer in 0..100000 (0 = no limit)"),
+        max_in_flight=p.get("MAX_IN_FLIGHT", d.max_in_flight, int, lambda v: 0 <= v <= 1_000_000,
+                            "an integer in 0..1000000 (0 = no limit)"),
+        ops_details=cast(Literal["public", "private"], p.get("OPS_DETAILS", d.ops_details, str.lower,
+                                                             lambda v: v in ("public", "private"),
+                                                             "public or private")),
         max_header_bytes=p.get("MAX_HEADER_BYTES", d.max_header_bytes, int, lambda v: 1024 <= v <= 1 << 20,
                                "an integer number of bytes in 1024..1048576"),
         request_timeout_s=p.get("REQUEST_TIMEOUT_S", d.request_timeout_s, finite_float, lambda v: 0 < v <= 600,
@@ -139,6 +177,22 @@ def _parse(values: Mapping[str, str]) -> Settings:
                             "without them every song outside the catalog would fail")
     p.raise_errors()
     return settings
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if any(len(k) < MIN_SECRET_LEN or not all(33 <= ord(c) <= 126 for c in k) for k in keys):
+        raise ValueError("bad key")
+    return keys
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ValueError(origin)
+    return origins
 
 
 def _workers(raw: str) -> int | None:
@@ -167,7 +221,17 @@ SERVICE_HELP: Final = {
     "EVENT_SPILL_DIR": "undelivered Kafka events are written here at shutdown and sent first on the next start "
                        "(empty: off)",
     "RELOAD_POLL_S": "how often to look where `current` points (0 = never)",
-    "ADMIN_TOKEN": "bearer token for POST /admin/reload; empty: the admin API is off",
+    "ADMIN_TOKEN": "bearer token for POST /admin/reload (and private /metrics, /readyz); empty: the admin API is off",
+    "API_KEYS": "comma-separated keys of calling apps (each >= 16 characters; several for rotation); set, /api/* "
+                "and /events need one (or the browser cookie), and only they may name a listener (never logged)",
+    "COOKIE_SECRET": "HMAC key signing the listener cookie (>= 16 characters); empty: a random one per start",
+    "TRUSTED_ORIGINS": "origins (https://host[:port]) besides the service's own that may make cookie-authenticated "
+                       "changes",
+    "RATE_LIMIT_PER_MIN": "requests a minute per client address from callers without an API key (0 = no limit)",
+    "API_KEY_RATE_LIMIT_PER_MIN": "requests a minute per API key (0 = no limit)",
+    "ADMIN_RATE_LIMIT_PER_MIN": "requests a minute per address to /admin/* and admin-token attempts (0 = no limit)",
+    "MAX_IN_FLIGHT": "requests one worker serves at once; more are answered 503 at once (0 = no limit)",
+    "OPS_DETAILS": "public, or private: /metrics needs the admin token and /readyz tells others only its status",
     "FAISS_THREADS": "FAISS/BLAS threads per worker",
     "ANSWER_CACHE_SIZE": "encoded answers kept per worker by exact session state (0 = off)",
     "MODE": "offline, or online: also fetch unknown track ids from the Spotify Web API (needs SPOTIPY_*)",

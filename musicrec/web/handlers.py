@@ -34,8 +34,9 @@ from musicrec.index.engine import Engine
 from musicrec.index.recommend import Query, Seed, seeds_from_events
 from musicrec.service import logic
 from musicrec.service.clients import client_id, remember
+from musicrec.service.security import Security, is_same_site_navigation, require_same_origin
 from musicrec.service.deps import EngineDep, EventsDep, SessionsDep
-from musicrec.service.errors import BadRequest, DomainError, NotFound, describe, from_spotify, log_server_error
+from musicrec.service.errors import BadRequest, DomainError, NotFound, Unauthorized, describe, from_spotify, log_server_error
 from musicrec.service.events import EventSink
 from musicrec.service.online import place
 from musicrec.service.sessions import SessionEvent, SessionStore
@@ -58,10 +59,10 @@ NO_STORE = {"Cache-Control": "no-store"}  # pages carry the listener's own sessi
 # -- helpers --------------------------------------------------------------------------------------
 
 def listener(request: Request) -> tuple[str, bool]:
-    """The client id as the API reads it; a malformed cookie is replaced by a fresh id, not an error page."""
+    """The client id as the API reads it; an id the caller may not use is replaced by a fresh one, not an error page."""
     try:
         return client_id(request)
-    except BadRequest:
+    except (BadRequest, Unauthorized):
         return uuid.uuid4().hex, True
 
 
@@ -138,7 +139,7 @@ async def home_page(request: Request, engine: EngineDep, sessions: SessionsDep) 
               for seed, items in groups.items()]
     response = page(request, engine, "home.html", groups=shaped, recent=recent_items(engine, recent),
                     new_listener=not recent)
-    return remember(response, client, is_new)
+    return remember(request, response, client, is_new)
 
 
 def _session_query(engine: Engine, recent: list[SessionEvent], k: int) -> Query:
@@ -172,10 +173,15 @@ async def song_page(request: Request, track_id: FromPath[str], engine: EngineDep
     client, is_new = listener(request)
     row = engine.tracks.row_of.get(track_id)
     if row is None:
-        return remember(await _outside_song(request, engine, track_id), client, is_new)
+        return remember(request, await _outside_song(request, engine, track_id), client, is_new)
     recorded = request.query_params.get("recorded")
+    record_view_by_script = False
     if recorded not in ("like", "skip"):  # after a no-script like/skip we come back here: not a new view
-        await record(engine, sessions, events, kind="track_view", track_id=track_id, client=client)
+        security: Security = request.app.state.security
+        if is_same_site_navigation(request, security.trusted_origins):
+            await record(engine, sessions, events, kind="track_view", track_id=track_id, client=client)
+        else:  # another site sent the browser here: only the page's own script (same-origin) records the view
+            record_view_by_script = True
         recorded = None
     detail = logic.song_detail(engine, track_id)
     recent = await sessions.recent(client)
@@ -191,8 +197,9 @@ async def song_page(request: Request, track_id: FromPath[str], engine: EngineDep
     response = page(request, engine, "song.html", track=track, source="catalog", q="",
                     chart=feature_chart(rows, f"Audio features of {detail.name}"), feature_rows=rows,
                     features_note=None, more=hit_cards(engine, more), recorded=recorded,
-                    panel=_session_panel(engine, recent, track_id), same_song=None)
-    return remember(response, client, is_new)
+                    panel=_session_panel(engine, recent, track_id), same_song=None,
+                    record_view_by_script=record_view_by_script)
+    return remember(request, response, client, is_new)
 
 
 async def _outside_song(request: Request, engine: Engine, track_id: str) -> Template:
@@ -225,9 +232,11 @@ async def song_feedback(request: Request, track_id: FromPath[str], engine: Engin
         raise BadRequest("A song can be liked or skipped.", title="Unknown action")
     if track_id not in engine.tracks.row_of:
         raise NotFound(f"There is no song with the id “{track_id}” in this catalog.", title="Song not found")
+    require_same_origin(request)
     client, is_new = listener(request)
     await record(engine, sessions, events, kind=kind, track_id=track_id, client=client)
-    return remember(Redirect(f"{song_href(track_id)}?recorded={kind}#for-you", status_code=303), client, is_new)
+    return remember(request, Redirect(f"{song_href(track_id)}?recorded={kind}#for-you", status_code=303), client,
+                    is_new)
 
 
 @get("/partials/session", name="session_partial", summary="The 'for you now' and recent-tracks fragment")
@@ -235,8 +244,8 @@ async def session_partial(request: Request, engine: EngineDep, sessions: Session
     client, is_new = listener(request)
     recent = [] if is_new else await sessions.recent(client)
     current = request.query_params.get("current")
-    return remember(page(request, engine, "_session_panel.html", panel=_session_panel(engine, recent, current)),
-                    client, is_new)
+    return remember(request, page(request, engine, "_session_panel.html",
+                                  panel=_session_panel(engine, recent, current)), client, is_new)
 
 
 # -- errors under these routes are pages too ------------------------------------------------------

@@ -1,8 +1,19 @@
 // Like / skip without leaving the page: POST /events with fetch, then swap in a fresh
 // "for you" fragment rendered by the server (/partials/session). Without this script the
 // same buttons submit their form and the server redirects back (303).
+// A song page opened from another site is not recorded by the server (a GET must not write
+// state across sites); the page marks it with data-record-view and this script records the view.
 (function () {
   "use strict";
+
+  function postEvent(body) {
+    return fetch("/events", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body)
+    });
+  }
 
   function setStatus(form, text) {
     var status = form.querySelector(".feedback-status");
@@ -29,12 +40,7 @@
     buttons.forEach(function (b) { b.disabled = true; });
     setStatus(form, type === "like" ? "Saving your like…" : "Saving your skip…");
     try {
-      var response = await fetch("/events", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ type: type, track_id: form.dataset.trackId, source: "song_page" })
-      });
+      var response = await postEvent({ type: type, track_id: form.dataset.trackId, source: "song_page" });
       if (response.status !== 202) { throw new Error("event refused: " + response.status); }
       await refreshPanel();
       setStatus(form, type === "like" ? "Liked. Your recommendations have been updated."
@@ -46,4 +52,11 @@
       buttons.forEach(function (b) { b.disabled = false; });
     }
   });
+
+  var view = document.querySelector("[data-record-view]");
+  if (view) {
+    postEvent({ type: "track_view", track_id: view.dataset.recordView, source: "song_page" })
+      .then(function (response) { if (response.status === 202) { return refreshPanel(); } })
+      .catch(function (err) { console.warn("could not record this view:", err); });
+  }
 })();
