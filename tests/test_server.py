@@ -190,3 +190,15 @@ def test_a_kept_alive_connection_serves_request_after_request(guarded_service: s
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
             time.sleep(0.6)  # within uvicorn's keep-alive (5 s); the three requests together outlast the 1 s deadline
+
+
+def test_one_random_cookie_secret_is_shared_by_every_worker(demo_artifacts: Path, tmp_path: Path,
+                                                           redis_url: str) -> None:
+    """Without COOKIE_SECRET each worker would make its own, and a cookie signed by one be a stranger to the others."""
+    with running_service(demo_artifacts, tmp_path, WORKERS="2", REDIS_URL=redis_url, RATE_LIMIT_PER_MIN="0") as base:
+        cookie = httpx.get(f"{base}/", timeout=10).cookies["client_id"]
+        renamed = 0
+        for _ in range(20):  # a new connection each time: the two workers take turns accepting them
+            with httpx.Client(base_url=base, timeout=10, cookies={"client_id": cookie}) as client:
+                renamed += "set-cookie" in client.get("/").headers
+        assert renamed == 0
