@@ -269,6 +269,27 @@ async def test_callers_without_a_key_are_limited_per_address_across_workers(demo
             await c.aclose()
 
 
+async def test_workers_share_a_high_limit_through_redis_without_a_round_trip_per_request(
+        demo_artifacts: Path, redis_url: str) -> None:
+    """A limit of 256 syncs every 4 requests: two workers together let through 256, give or take 3 each."""
+    address = an_address()
+    apps = [limited_app(demo_artifacts, redis_url, RATE_LIMIT_PER_MIN="256") for _ in range(2)]
+    async with apps[0].lifespan(), apps[1].lifespan():
+        browser = {"Cookie": f"client_id={CookieSigner('s' * 32).sign('b')}"}
+        clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app, client=(address, 1)), base_url=OWN_ORIGIN,
+                                     headers=browser) for app in apps]
+        served = 0
+        for i in range(400):
+            status = (await clients[i % 2].get("/api/songs?per_page=1")).status_code
+            if status == 429:
+                break
+            assert status == 200
+            served += 1
+        for c in clients:
+            await c.aclose()
+    assert 256 <= served <= 256 + 2 * 3, served
+
+
 async def test_each_api_key_has_its_own_budget(demo_artifacts: Path, redis_url: str) -> None:
     key_c, key_d = "key-c-" + secrets.token_hex(12), "key-d-" + secrets.token_hex(12)
     app = limited_app(demo_artifacts, redis_url, API_KEYS=f"{key_c},{key_d}", API_KEY_RATE_LIMIT_PER_MIN="3")

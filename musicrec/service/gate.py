@@ -2,13 +2,13 @@
 
 One ASGI middleware, in the app's middleware stack (so what it raises becomes the route's own
 JSON or HTML error). Per request it does no more than a scan of the raw headers, at most one
-SHA-256 of a presented key, and one Redis round trip (INCR and EXPIRE, pipelined).
+SHA-256 of a presented key, and a count in a dict (Redis only every so many requests).
 
 Why not Litestar's ``RateLimitMiddleware``: it keeps every request's timestamp of the window in
 one JSON list that it reads, decodes, extends, encodes and writes back per request, under one lock
 per worker. At 6,000 requests a minute per key that is a 66 KB value and ~250 µs of CPU per request
 (more than a whole cached recommendation), serialised on two Redis round trips. A fixed-window
-counter (``INCR``) answers the same question in O(1), shared by every worker and replica.
+count answers the same question in O(1), shared by every worker and replica (``WindowCounters``).
 
 Limits, per window of ``WINDOW_S``:
 * a caller with a valid API key: ``API_KEY_RATE_LIMIT_PER_MIN`` per key;
@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Final
 
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -53,14 +54,27 @@ def area_of(path: str) -> str | None:
     return PAGE
 
 
-class WindowCounters:
-    """Requests per (bucket, identity) in the current window: in Redis while it answers, else in-process.
+@dataclass(slots=True)
+class _Count:
+    window: int
+    synced: int = 0   # the shared (Redis) count at the last sync: every worker's requests
+    pending: int = 0  # this worker's requests not yet added to it
+    sending: int = 0  # being added right now
 
-    Redis makes a limit hold across workers and replicas; during an outage (the worker's one
-    ``RedisLink`` decides, so the limits fall back with the sessions) each worker counts alone,
-    which lets through at most one limit per worker. The in-process table is bounded: past
-    ``local_max`` identities it starts again empty, rather than grow under a flood of addresses.
+
+class WindowCounters:
+    """Requests per (bucket, identity) in the current window, shared through Redis, counted locally in between.
+
+    Each worker counts every request at once in-process and adds its count to the shared one in
+    Redis (INCRBY, one round trip) every ``1/SYNC_FRACTION`` of the limit: a Redis round trip per
+    request cost more CPU than a cached recommendation here (the kernel's loopback send). So a limit
+    can be overshot by less than that fraction per worker; a limit of 64 or less syncs every request
+    (admin attempts are counted exactly). While Redis is down (the worker's one ``RedisLink`` decides,
+    so the limits fall back with the sessions) each worker counts alone. The in-process table is
+    bounded: past ``local_max`` identities it keeps only this window's, and afresh if still too many.
     """
+
+    SYNC_FRACTION: Final = 64
 
     def __init__(self, link: RedisLink | None, *, prefix: str = DEFAULT_PREFIX, window_s: int = WINDOW_S,
                  local_max: int = 100_000) -> None:
@@ -68,35 +82,43 @@ class WindowCounters:
         self.prefix = prefix
         self.window_s = window_s
         self.local_max = local_max
-        self._local: dict[tuple[str, str], tuple[int, int]] = {}
+        self._local: dict[tuple[str, str], _Count] = {}
 
-    async def hit(self, bucket: str, identity: str) -> tuple[int, float]:
-        """Count one request; (requests in this window so far, seconds until the window ends)."""
+    async def hit(self, bucket: str, identity: str, limit: int) -> tuple[int, float]:
+        """Count one request; (requests in this window so far, as best known; seconds until the window ends)."""
         now = time.time()
         window = int(now // self.window_s)
         left = self.window_s - now % self.window_s
+        count = self._entry(bucket, identity, window)
+        count.pending += 1
         link = self.link
-        if link is not None and link.up:
+        if link is not None and link.up and count.pending >= max(1, limit // self.SYNC_FRACTION):
+            amount, count.pending = count.pending, 0
+            count.sending += amount
             key = f"{self.prefix}rate:{bucket}:{identity}:{window}"
             try:
                 async with link.client.pipeline(transaction=False) as pipe:
-                    pipe.incr(key).expire(key, self.window_s + 1)
-                    count, _ = await pipe.execute()
-                return int(count), left
+                    pipe.incrby(key, amount).expire(key, self.window_s + 1)
+                    total, _ = await pipe.execute()
+                count.synced = max(count.synced, int(total) - count.sending + amount)
             except REDIS_DOWN as exc:
+                count.pending += amount  # counted here still; added to Redis once it answers again
                 link.mark_down(exc)
-        return self._hit_local(bucket, identity, window), left
+            finally:
+                count.sending -= amount
+        return count.synced + count.sending + count.pending, left
 
-    def _hit_local(self, bucket: str, identity: str, window: int) -> int:
-        entry = self._local.get((bucket, identity))
-        count = entry[1] + 1 if entry is not None and entry[0] == window else 1
-        if entry is None and len(self._local) >= self.local_max:
-            self._local = {k: v for k, v in self._local.items() if v[0] == window}
+    def _entry(self, bucket: str, identity: str, window: int) -> _Count:
+        count = self._local.get((bucket, identity))
+        if count is not None and count.window == window:
+            return count
+        if count is None and len(self._local) >= self.local_max:
+            self._local = {k: v for k, v in self._local.items() if v.window == window}
             if len(self._local) >= self.local_max:
                 log.warning("rate limiter: more than %d identities this window; starting the count afresh",
                             self.local_max)
                 self._local.clear()
-        self._local[(bucket, identity)] = (window, count)
+        count = self._local[(bucket, identity)] = _Count(window)
         return count
 
 
@@ -171,7 +193,7 @@ class Guard:
             bucket, identity, limit, who = "ip", address, s.rate_limit_per_min, "address"
         if not limit or self.counters is None:
             return
-        count, left = await self.counters.hit(bucket, identity)
+        count, left = await self.counters.hit(bucket, identity, limit)
         if count > limit:
             self.limited += 1
             raise TooManyRequests(f"rate limit: {limit} requests per minute per {who}; retry after the window ends",
