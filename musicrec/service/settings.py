@@ -70,8 +70,11 @@ class Settings(CommonSettings):
     """Encoded "what next?" answers kept per worker, by exact session state (musicrec.service.answers); 0 = off."""
     access_log: bool = False
     """One log line per request (method, path, status, duration, request id); off by default: it costs CPU."""
-    rate_limit_per_min: int = 1200
-    """Requests a minute per client address from callers without an API key (browsers included); 0 = no limit."""
+    rate_limit_per_min: int = 0
+    """Requests a minute per client address from callers without an API key (browsers included); 0 = no limit.
+
+    Off unless set: without ``API_KEYS`` every calling app is keyless, and a limit sized for one
+    browser would throttle them all (a player reporting each play, the quality benchmark's loop)."""
     api_key_rate_limit_per_min: int = 60_000
     """Requests a minute per API key; 0 = no limit."""
     admin_rate_limit_per_min: int = 10
