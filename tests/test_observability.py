@@ -50,7 +50,10 @@ def two_workers(demo_artifacts: Path, redis_url: str, tmp_path: Path) -> Iterato
             if proc.poll() is not None:
                 pytest.fail(f"serve exited with {proc.returncode}: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                # Ready means both workers are up: /readyz answers from the first, and a worker's
+                # process figures reach the shared metrics only once it has started.
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200 and \
+                        len(set(RSS.findall(httpx.get(f"{base}/metrics", timeout=2).text))) == 2:
                     break
             except httpx.HTTPError:
                 pass
