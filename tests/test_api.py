@@ -92,6 +92,46 @@ async def test_session_recommendations_follow_views_skips_and_likes(client: Asyn
     assert sum(i["because"] == seeds[0] for i in after_like) >= sum(i["because"] == seeds[0] for i in after_skip)
 
 
+async def test_an_event_with_next_answers_the_next_tracks_in_one_round_trip(client: AsyncTestClient, catalog) -> None:
+    seeds = [catalog.ids[i] for i in (5, 40, 300)]
+    for track_id in seeds[:2]:
+        await view(client, track_id)
+    response = await client.post("/events", json={"type": "track_view", "track_id": seeds[2], "next": 8})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["type"] == "track_view" and body["client_id"] == client.headers["X-Client-Id"] and body["event_id"]
+    # The same answer, in the same shape, as asking GET right after the event; the session has the event.
+    assert body["next"] == (await client.get("/api/songs_recommendations?k=8")).json()
+    assert len(body["next"]) == 8 and {i["because"] for i in body["next"]} <= set(seeds)
+    assert [e["track_id"] for e in (await client.get("/api/session")).json()["events"]] == seeds[::-1]
+    # The answer is computed after the event: a skipped track is gone from it at once.
+    skipped = body["next"][0]["id"]
+    after = await client.post("/events", json={"type": "skip", "track_id": skipped, "next": 8})
+    assert after.status_code == 200 and skipped not in {i["id"] for i in after.json()["next"]}
+    assert after.json()["next"] == (await client.get("/api/songs_recommendations?k=8")).json()
+    # Without "next" it stays the 202 receipt.
+    plain = await client.post("/events", json={"type": "like", "track_id": seeds[0]})
+    assert plain.status_code == 202 and set(plain.json()) == {"event_id", "client_id", "type"}
+
+
+async def test_a_new_listener_posting_an_event_with_next_gets_a_cookie(demo_artifacts: Path, catalog) -> None:
+    async with AsyncTestClient(create_app(settings_for(demo_artifacts))) as fresh:
+        response = await fresh.post("/events", json={"type": "track_view", "track_id": catalog.ids[2], "next": 3})
+        assert response.status_code == 200 and "client_id" in response.cookies
+        assert {i["because"] for i in response.json()["next"]} == {catalog.ids[2]}
+
+
+@pytest.mark.parametrize("bad", [0, 201, -1, "ten", 2.5, None])
+async def test_a_bad_next_is_400_json(client: AsyncTestClient, catalog, bad: object) -> None:
+    body = {"type": "track_view", "track_id": catalog.ids[0], "next": bad}
+    if bad is None:
+        body["next"] = {"k": 3}
+    response = await client.post("/events", json=body)
+    assert response.status_code == 400, response.text
+    assert "next" in response.json()["detail"] or "next" in json.dumps(response.json().get("extra"))
+    assert (await client.get("/api/session")).json()["events"] == []  # a refused event is not recorded
+
+
 async def test_session_keeps_the_last_20_with_a_ttl(client: AsyncTestClient, catalog, redis_url: str) -> None:
     import redis.asyncio as redis
 

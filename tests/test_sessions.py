@@ -53,6 +53,16 @@ async def test_recent_is_newest_first_and_capped(store: SessionStore) -> None:
     assert recent[0] == ev(7, "skip")
 
 
+async def test_append_recent_is_append_then_recent_in_one_call(store: SessionStore) -> None:
+    for i in range(3):
+        await store.append("alice", ev(i))
+    assert [e.track_id for e in await store.append_recent("alice", ev(3, "skip"))] == ["t3", "t2", "t1", "t0"]
+    for i in range(4, 8):
+        last = await store.append_recent("alice", ev(i))
+    assert last == await store.recent("alice") and [e.track_id for e in last] == ["t7", "t6", "t5", "t4", "t3"]
+    assert await store.append_recent("bob", ev(9)) == [ev(9)]
+
+
 async def test_clients_are_isolated_and_clear_forgets_one(store: SessionStore) -> None:
     await store.append("alice", ev(1))
     await store.append("bob", ev(2))
@@ -144,6 +154,7 @@ async def test_redis_down_at_start_serves_from_memory_and_reports_degraded(
         for i in range(30):
             await store.append("eve", ev(i))
             assert (await store.recent("eve"))[0] == ev(i)
+        assert (await store.append_recent("eve", ev(30)))[:2] == [ev(30), ev(29)]
         await store.clear("eve")
         assert await store.recent("eve") == []
     assert time.perf_counter() - started < 2.0

@@ -10,9 +10,10 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from musicrec.service import logic
 from musicrec.service.answers import AnswerCache
@@ -26,7 +27,7 @@ from musicrec.service.metrics import ServiceMetrics
 from musicrec.service.openapi import API_ERRORS, EXAMPLE_CLIENT, EXAMPLE_TRACK, documented
 from musicrec.service.security import require_same_origin
 from musicrec.service.schemas import (
-    EventAccepted, EventIn, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
+    EventAccepted, EventIn, EventWithNext, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
     SongRecommendation, SongsPage,
 )
 from musicrec.service.sessions import SessionStore
@@ -105,14 +106,22 @@ async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep)
     return answer
 
 
+EVENT_DOCS = documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), listener=True,
+                        body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
+                        example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT,
+                                 "type": "like"})
+EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
+    EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
+
+
 @post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, guards=[json_only],
-      summary="Record a view, skip or like",
-      **documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), listener=True,
-                   body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
-                   example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT, "type": "like"}))
-async def post_event(request: Request, data: JSONBody[EventIn], serving: ServingDep) -> Response[EventAccepted]:
+      summary="Record a view, skip or like; with \"next\": k, also answer the next k tracks (200)", **EVENT_DOCS)
+async def post_event(request: Request, data: JSONBody[EventIn],
+                     serving: ServingDep) -> Response[EventAccepted | EventWithNext]:
     """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream
-    (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``."""
+    (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``.
+    With ``"next": k`` the answer is 200 with the receipt and ``next``: what /api/songs_recommendations?k=k
+    answers right after the event, so a player needs one round trip per played track."""
     engine = serving.engine
     kind = logic.normalise_event_type(data.type)
     require_same_origin(request)
@@ -121,10 +130,17 @@ async def post_event(request: Request, data: JSONBody[EventIn], serving: Serving
         raise NotFound(f"no track with id {data.track_id!r}")
     event = logic.make_event(engine, kind=kind, track_id=data.track_id, client_id=client, ts=data.ts,
                                source=data.source, position=data.position)
-    await serving.sessions.append(client, logic.session_event(event))
+    receipt = EventAccepted(event.event_id, client, kind)
+    if data.next is None:
+        await serving.sessions.append(client, logic.session_event(event))
+        serving.events.publish(event)
+        return remember(request, Response(receipt, status_code=HTTP_202_ACCEPTED), client, is_new)
+    events = await serving.sessions.append_recent(client, logic.session_event(event))
     serving.events.publish(event)
-    return remember(request, Response(EventAccepted(event.event_id, client, kind), status_code=HTTP_202_ACCEPTED), client,
-                    is_new)
+    started = time.perf_counter()
+    body = logic.event_with_next(receipt, logic.session_answer(engine, serving.answers, events, data.next))
+    serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
+    return remember(request, Response(body, status_code=HTTP_200_OK, media_type=MediaType.JSON), client, is_new)
 
 
 @get("/api/session", summary="The caller's recent events, newest first",

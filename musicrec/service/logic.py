@@ -11,7 +11,7 @@ from musicrec.service.answers import AnswerCache
 from musicrec.index.engine import Engine
 from musicrec.service.errors import BadRequest, NotFound
 from musicrec.service.schemas import (
-    FiltersIn, RecommendedTrack, RecommendRequest, RecommendResponse, Song, SongDetail, SongRecommendation,
+    EventAccepted, FiltersIn, RecommendedTrack, RecommendRequest, RecommendResponse, Song, SongDetail, SongRecommendation,
 )
 from musicrec.service.sessions import SessionEvent
 from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event
@@ -107,6 +107,11 @@ def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[Sessio
     """``recommend_session`` as JSON, from the answer cache when this exact session was answered before."""
     key = (engine.model_version, tuple((e.type, e.track_id) for e in events), k, diversity)
     return answers.get_or_compute(key, lambda: _encode(recommend_session(engine, events, k, diversity=diversity)))
+
+
+def event_with_next(receipt: EventAccepted, answer: bytes) -> bytes:
+    """``EventWithNext`` as JSON, around the already-encoded answer (cached or not) instead of re-encoding it."""
+    return b"".join((_encode(receipt)[:-1], b',"next":', answer, b"}"))
 
 
 def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: float | None,

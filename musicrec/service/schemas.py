@@ -81,12 +81,20 @@ class EventIn(Struct, forbid_unknown_fields=True):
     source: Annotated[str, Meta(max_length=64)] | None = None
     ts: Annotated[float, Meta(ge=0.0, le=4_102_444_800.0)] | None = None
     client_id: ClientId | None = None
+    next: K | None = None
+    """Also answer the ``next`` tracks after this event (200 with ``EventWithNext``): one round trip per play."""
 
 
 class EventAccepted(Struct):
     event_id: str
     client_id: str
     type: str
+
+
+class EventWithNext(EventAccepted):
+    """The receipt and what /api/songs_recommendations would answer right after the event."""
+
+    next: list[SongRecommendation]
 
 
 class SessionEventOut(Struct):

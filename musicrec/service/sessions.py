@@ -59,6 +59,10 @@ class SessionStore(Protocol):
         """Newest first, at most ``session_len`` events."""
         ...
 
+    async def append_recent(self, client_id: str, event: SessionEvent) -> list[SessionEvent]:
+        """``append`` then ``recent`` as one call: a played track and its next tracks in one round trip."""
+        ...
+
     async def clear(self, client_id: str) -> None: ...
 
     @property
@@ -122,6 +126,10 @@ class MemorySessionStore:
         self.append_now(client_id, event)
 
     async def recent(self, client_id: str) -> list[SessionEvent]:
+        return self.recent_now(client_id)
+
+    async def append_recent(self, client_id: str, event: SessionEvent) -> list[SessionEvent]:
+        self.append_now(client_id, event)
         return self.recent_now(client_id)
 
     async def clear(self, client_id: str) -> None:
@@ -303,6 +311,21 @@ class RedisSessionStore:
                 self.link.mark_down(exc)
             else:
                 return self._decode_all(client_id, raw)
+        return self.fallback.recent_now(client_id)
+
+    async def append_recent(self, client_id: str, event: SessionEvent) -> list[SessionEvent]:
+        """One pipeline (push, trim, expire, read): half the Redis round trips of append + recent."""
+        if self.link.up:
+            key = self.key(client_id)
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.lpush(key, _encode(event)).ltrim(key, 0, self.max_len - 1).expire(key, self.ttl_s)
+                    pipe.lrange(key, 0, self.max_len - 1)
+                    replies = await pipe.execute()
+                return self._decode_all(client_id, replies[-1])
+            except REDIS_DOWN as exc:
+                self.link.mark_down(exc)
+        self.fallback.append_now(client_id, event)
         return self.fallback.recent_now(client_id)
 
     async def clear(self, client_id: str) -> None:
