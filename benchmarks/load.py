@@ -1,26 +1,34 @@
-"""`make bench`: the service under Locust at a fixed offered rate, against the latency budget.
+"""`make bench`: the null service and musicrec under the same Locust load, and their ratios.
 
 Steps: build the artefacts if missing (the 114k file, or a synthetic catalog with --demo N);
-use the Redis on --redis-url, or start a private one when none answers; start the service
-(`python -m musicrec.service`, WORKERS from the core count) on a free port and wait for /readyz; run Locust
-headless (benchmarks/locustfile.py, FastHttpUser, constant_throughput) at --rate requests/s for
---warmup + --duration seconds; read its CSV statistics and the exact per-request latencies the
-locustfile keeps after the warm-up; print one summary table; stop everything it started.
+use the Redis on --redis-url, or start a private one when none answers; start the null service
+(the same uvicorn, workers, loop and parser with an ASGI app that answers fixed bodies) and run
+Locust headless (benchmarks/locustfile.py, FastHttpUser, paced) against it, then stop it and do
+the same with musicrec (`python -m musicrec.service`, WORKERS from the core count): for the
+`make bench` mix and for the player mix (every ask follows a new event: POST /events with
+"next"), at one offered rate. The rate is --rate, stepped down while the null service's p99
+there is above --null-p99-ms, so on a slower machine the comparison is still made where the
+floor itself is fast. Each run reads Locust's CSV statistics and the exact per-request
+latencies the locustfile keeps after the warm-up; one table prints both services with ratios.
 
-Exit status 1 when the budget is missed: p99 of a recommendation endpoint above --p99-ms, any
-failed request, or an achieved rate below 95 % of the offered one (the machine could not even
-offer the load, so the latency was not measured at that rate). --ceiling R1,R2,… then steps
-the offered rate up and reports the highest that kept p99 ≤ --ceiling-p99-ms without failures.
+Exit status 1 when a goal is missed: musicrec's service CPU per request above --cpu-ratio × the
+null's, its recommendation p99 above --p99-ratio × the null's or above --max-p99-ms, any failed
+request (a shed 503/429 included), or an achieved rate below 95 % of the offered one. The
+absolute --p99-ms (10) is printed as information. --ceiling R1,R2,… steps the offered rate up
+against both and prints the highest rate each kept p99 ≤ --ceiling-p99-ms without failures,
+and musicrec's ÷ the null's.
 
-    python -m benchmarks.load                                   # 114k, 1,000/s, p99 ≤ 10 ms
+    python -m benchmarks.load                                   # both mixes, null and musicrec
     python -m benchmarks.load --ceiling 1000,1500,2000,2500,3000   # Locust on every core
-    python -m benchmarks.load --demo 1000000 --artifacts artifacts/bench/1m --p99-ms 15
+    python -m benchmarks.load --artifacts artifacts/bench/1m --demo 1000000
+    python -m benchmarks.load --no-null --rate 1000             # musicrec alone, p99 ≤ --p99-ms
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -45,7 +53,23 @@ REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
 SHARED_CSV = REPO.parent / "shared" / "data" / "spotify_tracks_114k.csv.gz"
 RECOMMENDATIONS = ("GET /api/songs_recommendations", "POST /api/recommendations")
+PLAYER_RECOMMENDATIONS = ("POST /events next [play]", "POST /events next [skip]")
 EVENTS = ("POST /events [skip]", "POST /events [like]", "POST /events [session view]")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A traffic mix: the locustfile's user class, and which of its requests are recommendations (held to p99)."""
+
+    name: str
+    user_class: str
+    recommendations: tuple[str, ...]
+
+
+MIXES = {
+    "bench": Mix("bench", "Listener", RECOMMENDATIONS),
+    "player": Mix("player", "Player", PLAYER_RECOMMENDATIONS),
+}
 
 
 class BenchError(RuntimeError):
@@ -206,6 +230,7 @@ _NULL_RECS = json.dumps([{"id": i, "name": "Null Track", "artist": "Null Artist"
                           "score": 0.5, "because": i} for i in _NULL_IDS]).encode()
 _NULL_PLAYLIST = json.dumps({"items": json.loads(_NULL_RECS), "model_version": "null", "unknown_ids": []}).encode()
 _NULL_EVENT = b'{"event_id":"0","client_id":"null","type":"track_view"}'
+_NULL_EVENT_NEXT = _NULL_EVENT[:-1] + b',"next":' + _NULL_RECS + b"}"
 _NULL_READY = json.dumps({"status": "ok", "redis": "none", "artifacts": {"n_tracks": 0, "index_type": "none"}}).encode()
 
 
@@ -222,8 +247,12 @@ async def null_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyp
             await send({"type": f"lifespan.{done}.complete"})
             if done == "shutdown":
                 return
-    while (await receive()).get("more_body"):
-        pass
+    request_body = b""
+    while True:
+        message = await receive()
+        request_body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
     path, method = scope["path"], scope["method"]
     status, body = 404, b"{}"
     if path == "/api/songs_recommendations":
@@ -231,7 +260,7 @@ async def null_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyp
     elif path == "/api/recommendations" and method == "POST":
         status, body = 200, _NULL_PLAYLIST
     elif path == "/events" and method == "POST":
-        status, body = 202, _NULL_EVENT
+        status, body = (200, _NULL_EVENT_NEXT) if b'"next"' in request_body else (202, _NULL_EVENT)
     elif path == "/readyz":
         status, body = 200, _NULL_READY
     await send({"type": "http.response.start", "status": status,
@@ -309,6 +338,7 @@ class Endpoint:
 
 @dataclass
 class RunResult:
+    mix: str
     rate: float
     users: int
     duration_s: float
@@ -346,7 +376,7 @@ def _redis_cpu(url: str) -> float | None:
 
 
 def run_locust(svc: Service, redis_url: str, rate: float, args: argparse.Namespace, workdir: Path,
-               ids_file: Path, tag: str) -> RunResult:
+               ids_file: Path, tag: str, mix: Mix = MIXES["bench"]) -> RunResult:
     users = max(1, round(rate / args.user_rate))
     samples = workdir / f"samples-{tag}"
     samples.mkdir()
@@ -354,12 +384,12 @@ def run_locust(svc: Service, redis_url: str, rate: float, args: argparse.Namespa
     env = dict(os.environ, BENCH_TRACK_IDS=str(ids_file), BENCH_USER_RATE=str(args.user_rate),
                BENCH_SAMPLES=str(samples), BENCH_WARMUP_S=str(args.warmup), PYTHONUNBUFFERED="1")
     prefix = workdir / f"locust-{tag}"
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", svc.url,
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), mix.user_class, "--headless", "--host", svc.url,
            "-u", str(users), "-r", str(max(1, users / max(1.0, args.warmup / 2))), "--run-time", f"{run_time:.0f}s",
            "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"]
     if args.processes != 1:
         cmd += ["--processes", str(args.processes)]
-    log(f"{tag}: offering {rate:,.0f} req/s ({users} listeners × {args.user_rate}/s) for {args.warmup:.0f}s warm-up "
+    log(f"{tag} ({mix.name} mix): offering {rate:,.0f} req/s ({users} listeners × {args.user_rate}/s) for {args.warmup:.0f}s warm-up "
         f"+ {args.duration:.0f}s measured")
     with started(f"locust-{tag}", cmd, env, workdir) as locust:
         time.sleep(args.warmup)
@@ -390,13 +420,13 @@ def run_locust(svc: Service, redis_url: str, rate: float, args: argparse.Namespa
         raise BenchError(f"locust recorded no requests:\n{_tail(locust.log_path)}")
     span = max(window[1] - window[0], 1e-9)
     endpoints = []
-    order = [*RECOMMENDATIONS, *EVENTS]
+    order = [*mix.recommendations, *EVENTS]
     for name in sorted(merged, key=lambda n: order.index(n) if n in order else len(order)):
         values = np.asarray(merged[name])
         endpoints.append(Endpoint(name, len(values), failures_window.get(name, 0), len(values) / span,
                                   *_percentiles(values)))
-    recs = np.concatenate([np.asarray(merged[n]) for n in RECOMMENDATIONS if n in merged] or [np.empty(0)])
-    endpoints.append(Endpoint("all recommendations", len(recs), sum(failures_window.get(n, 0) for n in RECOMMENDATIONS),
+    recs = np.concatenate([np.asarray(merged[n]) for n in mix.recommendations if n in merged] or [np.empty(0)])
+    endpoints.append(Endpoint("all recommendations", len(recs), sum(failures_window.get(n, 0) for n in mix.recommendations),
                               len(recs) / span, *_percentiles(recs)))
     every = np.concatenate([np.asarray(v) for v in merged.values()])
     endpoints.append(Endpoint("all requests", len(every), sum(failures_window.values()), len(every) / span,
@@ -406,7 +436,7 @@ def run_locust(svc: Service, redis_url: str, rate: float, args: argparse.Namespa
     per_process = sorted(((per1.get(pid, 0.0) - busy) / elapsed for pid, busy in per0.items()), reverse=True)
     handled = len(every) * elapsed / span if span > 0 else len(every)
     redis_ms = None if cpu0[2] is None or cpu1[2] is None else (cpu1[2] - cpu0[2]) / handled * 1e3
-    return RunResult(rate, users, span, endpoints, len(every) / span, total_failures, kinds,
+    return RunResult(mix.name, rate, users, span, endpoints, len(every) / span, total_failures, kinds,
                      (cpu1[0] - cpu0[0]) / handled * 1e3, (cpu1[1] - cpu0[1]) / handled * 1e3, redis_ms,
                      (cpu1[0] - cpu0[0]) / elapsed, (cpu1[1] - cpu0[1]) / elapsed, csv_p99,
                      [round(c, 2) for c in per_process if c >= 0.005])
@@ -432,7 +462,7 @@ def _read_locust_csv(prefix: Path) -> tuple[int, list[str], dict[str, float]]:
 # -- report ---------------------------------------------------------------------------------------
 def budget_misses(result: RunResult, p99_ms: float) -> list[str]:
     misses = []
-    for name in RECOMMENDATIONS:
+    for name in MIXES[result.mix].recommendations:
         e = result.endpoint(name)
         if e is None or not e.count:
             misses.append(f"{name}: no requests measured")
@@ -467,7 +497,8 @@ def summary(result: RunResult, svc: Service, rss: tuple[float, float], args: arg
         f"# service start-up: /readyz after {svc.ready_s:.1f}s, all workers after {svc.all_ready_s:.1f}s; "
         f"memory after the run: RSS {rss[0]:,.0f} MiB, PSS {rss[1]:,.0f} MiB (all service processes)",
         "# Locust's own CSV p99 (whole run, rounded): "
-        + ", ".join(f"{k} {v:g}" for k, v in result.locust_p99_csv.items() if k in (*RECOMMENDATIONS, "Aggregated")),
+        + ", ".join(f"{k} {v:g}" for k, v in result.locust_p99_csv.items()
+                    if k in (*MIXES[result.mix].recommendations, "Aggregated")),
     ]
     return "\n".join(lines)
 
@@ -476,8 +507,9 @@ def _locust_processes(args: argparse.Namespace) -> int:
     return (os.cpu_count() or 1) if args.processes == -1 else args.processes
 
 
-def ceiling_table(steps: list[tuple[RunResult, list[str]]], p99_ms: float, args: argparse.Namespace) -> str:
-    lines = [f"# ceiling, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.workers} "
+def ceiling_table(steps: list[tuple[RunResult, list[str]]], p99_ms: float, args: argparse.Namespace,
+                  what: str = "") -> str:
+    lines = [f"# ceiling{', ' + what if what else ''}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.workers} "
              f"service workers, Locust in {_locust_processes(args)} process(es): offered rate stepped up; a step passes "
              f"with p99 ≤ {p99_ms:g} ms on both recommendation endpoints, no failures and ≥ 95% of the rate achieved",
              "| offered req/s | achieved req/s | rec p50 ms | rec p95 ms | rec p99 ms | failures | service cores | "
@@ -499,10 +531,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=SHARED_CSV, help="catalog to build from (default: the shared 114k)")
     p.add_argument("--demo", type=int, metavar="N", help="build a synthetic catalog of N tracks instead")
     p.add_argument("--index-type", help="index of a fresh build (default: the indexer's default)")
-    p.add_argument("--rate", type=float, default=1000.0, help="offered requests/s, all kinds together (1000)")
-    p.add_argument("--p99-ms", type=float, default=10.0, help="budget: p99 of each recommendation endpoint (10)")
-    p.add_argument("--duration", type=float, default=60.0, help="measured seconds (60)")
-    p.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring: spawn, sessions (20)")
+    p.add_argument("--rate", type=float, default=1000.0,
+                   help="offered requests/s, all kinds together (1000); stepped down while the null service's "
+                        "p99 there is above --null-p99-ms, so the rate means the same on a slower machine")
+    p.add_argument("--mix", choices=("both", *MIXES), default="both",
+                   help="traffic: the `make bench` mix, the player mix (every ask after a new event), or both")
+    p.add_argument("--p99-ms", type=float, default=10.0,
+                   help="information: the absolute p99 of each recommendation endpoint to compare with (10)")
+    p.add_argument("--null-p99-ms", type=float, default=10.0,
+                   help="the offered rate is one where the null service's recommendation p99 is at most this (10)")
+    p.add_argument("--max-p99-ms", type=float, default=25.0,
+                   help="goal: musicrec's p99 of each recommendation endpoint at most this (25)")
+    p.add_argument("--cpu-ratio", type=float, default=2.0, help="goal: service CPU per request ≤ this × the null's (2)")
+    p.add_argument("--p99-ratio", type=float, default=2.5, help="goal: recommendation p99 ≤ this × the null's (2.5)")
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds per run (30)")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring: spawn, sessions (10)")
     p.add_argument("--user-rate", type=float, default=2.0, help="requests/s per simulated listener (2)")
     p.add_argument("--processes", type=int,
                    help="Locust processes (-1 = one per core); default 1, and one per core with --ceiling: one "
@@ -513,11 +556,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--ceiling", help="comma-separated offered rates to step through (e.g. 1000,2000,3000)")
     p.add_argument("--ceiling-p99-ms", type=float, default=25.0)
-    p.add_argument("--ceiling-duration", type=float, default=30.0, help="measured seconds per ceiling step (30)")
+    p.add_argument("--ceiling-duration", type=float, default=20.0, help="measured seconds per ceiling step (20)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--workdir", type=Path, help="keep the service log and Locust CSVs under this folder")
-    p.add_argument("--null-service", action="store_true",
-                   help="serve fixed answers instead of the app: the load generator's own floor at this rate")
+    p.add_argument("--null-service", action="store_true", help="only the null service (fixed answers, no work)")
+    p.add_argument("--no-null", action="store_true", help="only musicrec, against the absolute --p99-ms budget")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for musicrec (e.g. --env ANSWER_CACHE_SIZE=0); repeatable")
     return p
 
 
@@ -525,6 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.processes is None:
         args.processes = -1 if args.ceiling else 1
+    if args.null_service and args.no_null:
+        print("bench error: --null-service and --no-null exclude each other", file=sys.stderr)
+        return 2
+    mixes = list(MIXES.values()) if args.mix == "both" else [MIXES[args.mix]]
+    try:
+        service_env = dict(item.split("=", 1) for item in args.env)
+    except ValueError:
+        print("bench error: --env takes NAME=VALUE", file=sys.stderr)
+        return 2
     try:
         version_dir = ensure_artifacts(args)
         with ExitStack() as stack:
@@ -540,47 +594,178 @@ def main(argv: list[str] | None = None) -> int:
             from musicrec.index.artifacts import TRACKS
             ids_file.write_text("\n".join(pq.read_table(version_dir / TRACKS, columns=["id"]).column(0).to_pylist()))
             redis_url = stack.enter_context(redis_server(args.redis_url, workdir))
-            svc = stack.enter_context(service(version_dir, redis_url, args.workers, workdir, args.ready_timeout,
-                                              null=args.null_service))
-            startup_rss = memory_mb(svc.proc.pids())
-            log(f"service memory at start: RSS {startup_rss[0]:,.0f} MiB, PSS {startup_rss[1]:,.0f} MiB")
+            run = _Runner(args, version_dir, redis_url, workdir, ids_file, service_env)
             if args.ceiling:
-                return _ceiling(svc, redis_url, args, workdir, ids_file)
-            result = run_locust(svc, redis_url, args.rate, args, workdir, ids_file, "budget")
-            rss = memory_mb(svc.proc.pids())
-            print(summary(result, svc, rss, args))
-            misses = budget_misses(result, args.p99_ms)
-            if args.json:
-                args.json.write_text(json.dumps({"result": _as_dict(result), "misses": misses, "ready_s": svc.ready_s,
-                                                 "all_ready_s": svc.all_ready_s, "rss_mb": rss,
-                                                 "startup_rss_mb": startup_rss}, indent=1))
-            if misses:
-                print(f"BUDGET MISSED (p99 ≤ {args.p99_ms:g} ms at {args.rate:,.0f} req/s, no failures): "
-                      + "; ".join(misses))
-                return 1
-            print(f"budget met: p99 ≤ {args.p99_ms:g} ms at {args.rate:,.0f} req/s offered, no failures")
-            return 0
+                return _ceiling(run, mixes[0])
+            return _budget(run, mixes)
     except (BenchError, subprocess.CalledProcessError) as exc:
         print(f"bench error: {exc}", file=sys.stderr)
         return 2
 
 
-def _ceiling(svc: Service, redis_url: str, args: argparse.Namespace, workdir: Path, ids_file: Path) -> int:
-    steps: list[tuple[RunResult, list[str]]] = []
-    step_args = argparse.Namespace(**{**vars(args), "duration": args.ceiling_duration})
-    for rate in (float(r) for r in args.ceiling.split(",")):
-        result = run_locust(svc, redis_url, rate, step_args, workdir, ids_file, f"ceiling-{rate:.0f}")
-        misses = budget_misses(result, args.ceiling_p99_ms)
-        steps.append((result, misses))
+@dataclass
+class _Runner:
+    """What every run of one invocation shares: the artefacts, Redis, the work folder, musicrec's settings."""
+
+    args: argparse.Namespace
+    version_dir: Path
+    redis_url: str
+    workdir: Path
+    ids_file: Path
+    env: dict[str, str]
+
+    @contextmanager
+    def serving(self, null: bool) -> Iterator[Service]:
+        """The null service or musicrec, started fresh (one at a time, so neither takes the other's CPU)."""
+        with service(self.version_dir, self.redis_url, self.args.workers, self.workdir, self.args.ready_timeout,
+                     null=null, env=None if null else self.env) as svc:
+            yield svc
+
+    def load(self, svc: Service, rate: float, mix: Mix, tag: str, args: argparse.Namespace | None = None) -> RunResult:
+        return run_locust(svc, self.redis_url, rate, args or self.args, self.workdir, self.ids_file, tag, mix)
+
+
+def _null_rate(run: _Runner, svc: Service, mix: Mix, rate: float) -> tuple[float, RunResult]:
+    """The offered rate, stepped down (× 0.7, at most 4 times) until the null service's p99 there is ≤ --null-p99-ms.
+
+    The goals are ratios to this floor, and they are only meaningful where the floor itself is fast:
+    on a slower machine one Locust process queues its own requests at rates a faster one offers easily.
+    """
+    for attempt in range(5):
+        result = run.load(svc, rate, mix, f"null-{mix.name}-{rate:.0f}")
         rec = result.endpoint("all recommendations")
-        log(f"{rate:,.0f}/s: achieved {result.achieved:,.0f}, rec p99 {rec.p99:.2f} ms, "
-            f"{'pass' if not misses else 'miss: ' + '; '.join(misses)}")
-        if misses and result.achieved < 0.95 * rate:
-            break  # the machine cannot offer more; higher steps would only say so again
-    print(ceiling_table(steps, args.ceiling_p99_ms, args))
+        if rec is not None and rec.p99 <= run.args.null_p99_ms and not budget_misses(result, math.inf):
+            return rate, result
+        log(f"null service at {rate:,.0f}/s: p99 {rec.p99 if rec else float('nan'):.2f} ms > "
+            f"{run.args.null_p99_ms:g} ms (or it missed the rate): stepping the rate down")
+        if attempt == 4:
+            break
+        rate = max(50.0, round(rate * 0.7 / 50) * 50)
+    raise BenchError(f"the null service's p99 stayed above {run.args.null_p99_ms:g} ms down to {rate:,.0f} req/s: "
+                     "this machine cannot offer a measurable load")
+
+
+def _budget(run: _Runner, mixes: list[Mix]) -> int:
+    args = run.args
+    nulls: dict[str, RunResult] = {}
+    rate = args.rate
+    if not args.no_null:
+        with run.serving(null=True) as svc:
+            for i, mix in enumerate(mixes):
+                if i == 0:
+                    rate, nulls[mix.name] = _null_rate(run, svc, mix, rate)
+                else:
+                    nulls[mix.name] = run.load(svc, rate, mix, f"null-{mix.name}-{rate:.0f}")
+        if args.null_service:
+            for result in nulls.values():
+                print(summary(result, svc, (0.0, 0.0), args))
+            return 0
+    results: dict[str, RunResult] = {}
+    with run.serving(null=False) as svc:
+        startup_rss = memory_mb(svc.proc.pids())
+        log(f"service memory at start: RSS {startup_rss[0]:,.0f} MiB, PSS {startup_rss[1]:,.0f} MiB")
+        for mix in mixes:
+            results[mix.name] = run.load(svc, rate, mix, f"musicrec-{mix.name}-{rate:.0f}")
+        rss = memory_mb(svc.proc.pids())
+    misses: dict[str, list[str]] = {}
+    for mix in mixes:
+        print(summary(results[mix.name], svc, rss, args))
+        misses[mix.name] = goal_misses(results[mix.name], nulls.get(mix.name), args)
+    if nulls:
+        print(comparison_table(mixes, nulls, results, args))
     if args.json:
-        args.json.write_text(json.dumps([{"result": _as_dict(r), "misses": m} for r, m in steps], indent=1))
-    return 0 if any(not m for _, m in steps) else 1
+        args.json.write_text(json.dumps({
+            "rate": rate, "musicrec": {k: _as_dict(v) for k, v in results.items()},
+            "null": {k: _as_dict(v) for k, v in nulls.items()}, "misses": misses, "ready_s": svc.ready_s,
+            "all_ready_s": svc.all_ready_s, "rss_mb": rss, "startup_rss_mb": startup_rss}, indent=1))
+    missed = [f"{mix}: {m}" for mix, ms in misses.items() for m in ms]
+    if missed:
+        print("GOALS MISSED: " + "; ".join(missed))
+        return 1
+    print(f"goals met at {rate:,.0f} req/s offered: " + ("; ".join(
+        f"{mix.name} mix CPU/request {ratio(results[mix.name].service_cpu_ms, nulls[mix.name].service_cpu_ms):.2f}× "
+        f"the null's, p99 {ratio(_rec_p99(results[mix.name]), _rec_p99(nulls[mix.name])):.2f}×" for mix in mixes)
+        if nulls else f"p99 ≤ {args.p99_ms:g} ms, no failures"))
+    return 0
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.inf
+
+
+def _rec_p99(result: RunResult) -> float:
+    rec = result.endpoint("all recommendations")
+    return rec.p99 if rec is not None else math.nan
+
+
+def goal_misses(result: RunResult, null: RunResult | None, args: argparse.Namespace) -> list[str]:
+    """Failures and the rate always; against the null: the CPU and p99 ratios and the p99 cap; alone: --p99-ms."""
+    if null is None:
+        return budget_misses(result, args.p99_ms)
+    misses = budget_misses(result, args.max_p99_ms)
+    cpu = ratio(result.service_cpu_ms, null.service_cpu_ms)
+    if cpu > args.cpu_ratio:
+        misses.append(f"service CPU per request {result.service_cpu_ms:.3f} ms = {cpu:.2f}× the null's "
+                      f"{null.service_cpu_ms:.3f} ms > {args.cpu_ratio:g}×")
+    p99 = ratio(_rec_p99(result), _rec_p99(null))
+    if p99 > args.p99_ratio:
+        misses.append(f"recommendation p99 {_rec_p99(result):.2f} ms = {p99:.2f}× the null's "
+                      f"{_rec_p99(null):.2f} ms > {args.p99_ratio:g}×")
+    return misses
+
+
+def comparison_table(mixes: list[Mix], nulls: dict[str, RunResult], results: dict[str, RunResult],
+                     args: argparse.Namespace) -> str:
+    lines = [f"# null service vs musicrec, same harness and rate, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"{os.cpu_count()} cores; goals: CPU/request ≤ {args.cpu_ratio:g}× the null's, recommendation p99 ≤ "
+             f"{args.p99_ratio:g}× the null's and ≤ {args.max_p99_ms:g} ms (the {args.p99_ms:g} ms is information)",
+             "| mix | service | offered req/s | achieved | rec p50 ms | rec p99 ms | rec max ms | failures | "
+             "service CPU ms/req | service cores | Locust CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mix in mixes:
+        for who, r in (("null", nulls[mix.name]), ("musicrec", results[mix.name])):
+            rec = r.endpoint("all recommendations")
+            lines.append(f"| {mix.name} | {who} | {r.rate:,.0f} | {r.achieved:,.0f} | {rec.p50:.2f} | {rec.p99:.2f} | "
+                         f"{rec.max:.1f} | {r.failures} | {r.service_cpu_ms:.3f} | {r.service_cores:.2f} | "
+                         f"{r.locust_cpu_ms:.3f} |")
+    for mix in mixes:
+        n, m = nulls[mix.name], results[mix.name]
+        lines.append(f"# {mix.name} mix: service CPU per request {ratio(m.service_cpu_ms, n.service_cpu_ms):.2f}× the "
+                     f"null's (goal ≤ {args.cpu_ratio:g}), recommendation p99 {ratio(_rec_p99(m), _rec_p99(n)):.2f}× "
+                     f"(goal ≤ {args.p99_ratio:g}); musicrec p99 {_rec_p99(m):.2f} ms (goal ≤ {args.max_p99_ms:g}; "
+                     f"{'within' if _rec_p99(m) <= args.p99_ms else 'above'} the {args.p99_ms:g} ms of information)")
+    return "\n".join(lines)
+
+
+def _ceiling(run: _Runner, mix: Mix) -> int:
+    """Step the offered rate up against the null service, then musicrec; print both and the ratio of their ceilings."""
+    args = run.args
+    step_args = argparse.Namespace(**{**vars(args), "duration": args.ceiling_duration})
+    rates = [float(r) for r in args.ceiling.split(",")]
+    tables, highest = [], {}
+    whos = ["null"] if args.null_service else ["musicrec"] if args.no_null else ["null", "musicrec"]
+    for who in whos:
+        steps: list[tuple[RunResult, list[str]]] = []
+        with run.serving(null=who == "null") as svc:
+            for rate in rates:
+                result = run.load(svc, rate, mix, f"ceiling-{who}-{mix.name}-{rate:.0f}", step_args)
+                misses = budget_misses(result, args.ceiling_p99_ms)
+                steps.append((result, misses))
+                rec = result.endpoint("all recommendations")
+                log(f"{who} {rate:,.0f}/s: achieved {result.achieved:,.0f}, rec p99 {rec.p99:.2f} ms, "
+                    f"{'pass' if not misses else 'miss: ' + '; '.join(misses)}")
+                if misses and result.achieved < 0.95 * rate:
+                    break  # the machine cannot offer more; higher steps would only say so again
+        tables.append(ceiling_table(steps, args.ceiling_p99_ms, args, f"{who}, {mix.name} mix"))
+        passed = [r.rate for r, m in steps if not m]
+        highest[who] = (max(passed) if passed else 0.0, len(passed) == len(rates))
+    print("\n".join(tables))
+    if "null" in highest and "musicrec" in highest:
+        (mr, _), (nl, nl_all) = highest["musicrec"], highest["null"]
+        bound = " (the null passed every step: its true ceiling is higher, so the ratio is at most this)" if nl_all else ""
+        print(f"# ceiling ratio, {mix.name} mix: musicrec {mr:,.0f} ÷ null {nl:,.0f} req/s = {ratio(mr, nl):.2f}{bound}")
+    if args.json:
+        args.json.write_text(json.dumps({k: v[0] for k, v in highest.items()}, indent=1))
+    return 0 if highest.get("musicrec", highest.get("null", (0.0, False)))[0] > 0 else 1
 
 
 def _as_dict(result: RunResult) -> dict:

@@ -1,9 +1,18 @@
 """Simulated listeners for the load test (`make bench` runs it through benchmarks/load.py).
 
-Each listener (a FastHttpUser) plays 20 tracks first (20 `track_view` events, its session),
-then, at a fixed rate, mostly asks for its next tracks (GET /api/songs_recommendations), now
-and then skips or likes one of the tracks it was just given, and sometimes asks for a playlist
-continuation of its own tracks (POST /api/recommendations). Each listener runs at a constant
+Two mixes, one user class each (benchmarks/load.py names the one it runs):
+
+``Listener``, the `make bench` mix: each listener plays 20 tracks first (20 `track_view`
+events, its session), then, at a fixed rate, mostly asks for its next tracks (GET
+/api/songs_recommendations), now and then skips or likes one of the tracks it was just given,
+and sometimes asks for a playlist continuation of its own tracks (POST /api/recommendations).
+About three asks in four repeat the previous one, so the answer cache serves them.
+
+``Player``, the player mix: a player that reports every track it plays and asks what comes
+next in the same request (POST /events with ``"next"``): it plays the first track it was given
+(or now and then skips it), so every ask follows a new event and the answer cache never helps.
+
+Each listener runs at a constant
 throughput of BENCH_USER_RATE tasks/s, so the offered load is users × rate requests/s whatever
 the latency (as long as responses come back faster than 1/rate): latency is measured at a known
 rate, not at saturation.
@@ -41,6 +50,8 @@ PLAYLIST_SEEDS = 10
 K = 20
 REC_NAME = "GET /api/songs_recommendations"
 PLAYLIST_NAME = "POST /api/recommendations"
+PLAY_NAME = "POST /events next [play]"
+SKIP_NAME = "POST /events next [skip]"
 
 
 def _track_ids() -> list[str]:
@@ -110,9 +121,18 @@ def _dump(**_: object) -> None:
                              "failures": SAMPLES.failures}))
 
 
-class Listener(FastHttpUser):
+def _check_status(resp, wanted: int, what: str) -> bool:  # type: ignore[no-untyped-def]
+    """Mark anything but ``wanted`` failed; a shed request (503/429) says so, to be counted apart."""
+    if resp.status_code == wanted:
+        return True
+    resp.failure(f"shed: HTTP {resp.status_code}" if resp.status_code in (429, 503) else f"{what}: HTTP {resp.status_code}")
+    return False
+
+
+class _Paced(FastHttpUser):
     """One app install: a client id, a 20-track session, then steady traffic at USER_RATE."""
 
+    abstract = True
     _next_run: float | None = None
 
     def wait_time(self) -> float:
@@ -138,15 +158,17 @@ class Listener(FastHttpUser):
     def _event(self, kind: str, track_id: str, name: str) -> None:
         with self.client.post("/events", data=_encode({"type": kind, "track_id": track_id}), headers={
                 **self.headers, "Content-Type": "application/json"}, name=name, catch_response=True) as resp:
-            if resp.status_code != 202:
-                resp.failure(f"{kind}: HTTP {resp.status_code}")
+            _check_status(resp, 202, kind)
+
+
+class Listener(_Paced):
+    """The `make bench` mix: mostly asks, a few events and playlists."""
 
     @task(8)
     def next_tracks(self) -> None:
         with self.client.get(f"/api/songs_recommendations?k={K}", headers=self.headers, name=REC_NAME,
                              catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
+            if not _check_status(resp, 200, "next tracks"):
                 return
             recs = _decode_recs(resp.content)
             if len(recs) != K:
@@ -167,6 +189,36 @@ class Listener(FastHttpUser):
         body = {"track_ids": random.sample(self.played, PLAYLIST_SEEDS), "k": K}
         with self.client.post("/api/recommendations", data=_encode(body), headers={"Content-Type": "application/json"},
                               name=PLAYLIST_NAME, catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
+            _check_status(resp, 200, "playlist")
+
+
+class _Next(msgspec.Struct):
+    next: list[_Rec]
+
+
+_decode_next = msgspec.json.Decoder(_Next).decode
+
+
+class Player(_Paced):
+    """The player mix: a player reporting each track it plays and asking for the next ones in the same request."""
+
+    @task(9)
+    def play(self) -> None:
+        self._play_next("track_view", PLAY_NAME)
+
+    @task(1)
+    def skip_next(self) -> None:
+        self._play_next("skip", SKIP_NAME)
+
+    def _play_next(self, kind: str, name: str) -> None:
+        track_id = self.last_recs[0] if self.last_recs else random.choice(self.played)
+        with self.client.post("/events", data=_encode({"type": kind, "track_id": track_id, "next": K}), headers={
+                **self.headers, "Content-Type": "application/json"}, name=name, catch_response=True) as resp:
+            if not _check_status(resp, 200, kind):
+                return
+            recs = _decode_next(resp.content).next
+            if len(recs) != K:
+                resp.failure(f"{len(recs)} tracks, wanted {K}")
+                return
+            self.last_recs = [r.id for r in recs]
 

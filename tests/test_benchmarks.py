@@ -58,3 +58,39 @@ def test_quality_runs_the_whole_loop_and_events_help(tmp_path: Path, redis_url: 
                             "raw standardised features (max over seeds)", "audio embedding only (max over seeds)",
                             "same artist as a seed", "service after events: seeds played, GET /api/songs_recommendations"}
     assert "| method | Recall@50 | R-precision |" in capsys.readouterr().out
+
+
+def _result(mix: str, cpu_ms: float, p99: float, failures: int = 0):  # type: ignore[no-untyped-def]
+    from benchmarks.load import MIXES, Endpoint, RunResult
+
+    endpoints = [Endpoint(name, 100, 0, 10.0, p99 / 3, p99 / 2, p99, p99) for name in MIXES[mix].recommendations]
+    endpoints.append(Endpoint("all recommendations", 200, 0, 20.0, p99 / 3, p99 / 2, p99, p99))
+    return RunResult(mix, 1000.0, 500, 30.0, endpoints, 1000.0, failures, [], cpu_ms, 0.2, None, 0.3, 0.2)
+
+
+def test_load_goals_are_ratios_to_the_null_service_with_an_absolute_cap() -> None:
+    from benchmarks.load import goal_misses, parser
+
+    args = parser().parse_args([])
+    null = _result("player", 0.2, 4.0)
+    assert goal_misses(_result("player", 0.39, 9.9), null, args) == []
+    misses = goal_misses(_result("player", 0.45, 10.5, failures=3), null, args)
+    assert any("2.25× the null's" in m for m in misses) and any("p99 10.50 ms = 2.62×" in m for m in misses)
+    assert any("3 failed requests" in m for m in misses)
+    assert any("> 25 ms" in m for m in goal_misses(_result("bench", 0.3, 26.0), _result("bench", 0.2, 20.0), args))
+    assert goal_misses(_result("bench", 5.0, 9.0), None, args) == []  # alone: only the absolute --p99-ms
+
+
+@pytest.mark.anyio
+async def test_the_null_service_answers_an_event_with_next_like_musicrec() -> None:
+    import json
+
+    from benchmarks.load import null_app
+    from benchmarks.request_cost import InProcess
+
+    async with InProcess(null_app) as app:
+        assert await app.call("POST", "/events", body=b'{"type":"track_view","track_id":"x"}') == 202
+        assert await app.call("POST", "/events", body=b'{"type":"track_view","track_id":"x","next":20}') == 200
+    from benchmarks.load import _NULL_EVENT_NEXT
+    body = json.loads(_NULL_EVENT_NEXT)
+    assert len(body["next"]) == 20 and body["event_id"]
