@@ -11,6 +11,7 @@ Kinds, each after a warm-up, for a listener whose session holds 20 viewed tracks
   uncached-get  the same with ANSWER_CACHE_SIZE=0: the session read, scoring and encoding
   event         POST /events (a like): validation, the Redis pipeline, the event sink
   playlist      POST /api/recommendations with 10 of the listener's tracks
+  player        POST /events with "next": 20 (the player mix: a play, then its answer, never cached)
 
     python -m benchmarks.request_cost --artifacts artifacts/bench/114k
 """
@@ -36,7 +37,7 @@ from musicrec.service.settings import Settings
 from musicrec.index.artifacts import TRACKS, resolve_version_dir
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("cached-get", "uncached-get", "event", "playlist")
+KINDS = ("cached-get", "uncached-get", "event", "playlist", "player")
 SESSION_VIEWS = 20
 PLAYLIST_SEEDS = 10
 
@@ -98,6 +99,12 @@ async def _measure(settings: Settings, ids: list[str], kinds: list[str], request
             await _expect(app.call("POST", "/events", body=msgspec.json.encode(
                 {"type": "track_view", "track_id": track_id}), headers=listener), 202)
         like = msgspec.json.encode({"type": "like", "track_id": played[0]})
+        pick = random.Random(8).choice
+
+        def play() -> Awaitable[int]:  # a random track each time: the session never repeats, no answer is cached
+            body = msgspec.json.encode({"type": "track_view", "track_id": pick(ids), "next": 20})
+            return app.call("POST", "/events", body=body, headers=listener)
+
         playlist = msgspec.json.encode({"track_ids": played[:PLAYLIST_SEEDS], "k": 20})
 
         def ask() -> Awaitable[int]:  # cached or not is the settings' ANSWER_CACHE_SIZE
@@ -108,6 +115,7 @@ async def _measure(settings: Settings, ids: list[str], kinds: list[str], request
             "uncached-get": (ask, 200),
             "event": (lambda: app.call("POST", "/events", body=like, headers=listener), 202),
             "playlist": (lambda: app.call("POST", "/api/recommendations", body=playlist, headers=listener[1:]), 200),
+            "player": (play, 200),
         }
         try:
             for kind in kinds:

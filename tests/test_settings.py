@@ -176,3 +176,12 @@ def test_request_limits_have_sane_defaults_and_are_read() -> None:
     assert (Settings().max_header_bytes, Settings().request_timeout_s) == (16 * 1024, 10.0)
     s = Settings.from_env({"MAX_HEADER_BYTES": "32768", "REQUEST_TIMEOUT_S": "2.5"}, env_file=None)
     assert (s.max_header_bytes, s.request_timeout_s) == (32768, 2.5)
+
+
+def test_max_in_flight_is_bounded_by_the_redis_pool() -> None:
+    assert Settings.from_env({}, env_file=None).max_in_flight == 32
+    assert Settings.from_env({"MAX_IN_FLIGHT": "0"}, env_file=None).max_in_flight == 0
+    assert Settings.from_env({"MAX_IN_FLIGHT": "64", "REDIS_MAX_CONNECTIONS": "64"}, env_file=None).max_in_flight == 64
+    assert Settings.from_env({"MAX_IN_FLIGHT": "500", "REDIS_URL": "memory://"}, env_file=None).max_in_flight == 500
+    with pytest.raises(SettingsError, match="MAX_IN_FLIGHT must not exceed REDIS_MAX_CONNECTIONS"):
+        Settings.from_env({"MAX_IN_FLIGHT": "65"}, env_file=None)

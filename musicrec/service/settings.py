@@ -79,8 +79,10 @@ class Settings(CommonSettings):
     """Requests a minute per API key; 0 = no limit."""
     admin_rate_limit_per_min: int = 10
     """Requests a minute per client address to /admin/* (and token attempts on private /metrics, /readyz); 0 = none."""
-    max_in_flight: int = 256
-    """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit."""
+    max_in_flight: int = 32
+    """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit.
+    At most ``redis_max_connections``: a request beyond the pool waited for a connection, and that wait
+    timing out read as a Redis outage (benchmarks/README.md, the overload collapse)."""
     ops_details: Literal["public", "private"] = "public"
     """``private``: /metrics and /readyz's details need ``Authorization: Bearer $ADMIN_TOKEN`` (/healthz stays open)."""
     max_header_bytes: int = 16 * 1024
@@ -170,6 +172,10 @@ def _parse(values: Mapping[str, str]) -> Settings:
                                 "a number of seconds in (0, 600]"),
     )
     p.errors.extend(settings.kafka_security.problems())
+    if not settings.memory_sessions and settings.max_in_flight > settings.redis_max_connections:
+        p.errors.append(f"MAX_IN_FLIGHT must not exceed REDIS_MAX_CONNECTIONS (a request beyond the pool waits "
+                        f"for a connection, and that wait timing out reads as a Redis outage), got "
+                        f"{settings.max_in_flight} with REDIS_MAX_CONNECTIONS={settings.redis_max_connections}")
     if settings.memory_sessions and (settings.workers or 1) > 1:
         p.errors.append(f"WORKERS must be 1 or 'auto' with REDIS_URL=memory:// (each worker would keep its own "
                         f"sessions), got {settings.workers}")
@@ -233,7 +239,8 @@ SERVICE_HELP: Final = {
     "RATE_LIMIT_PER_MIN": "requests a minute per client address from callers without an API key (0 = no limit)",
     "API_KEY_RATE_LIMIT_PER_MIN": "requests a minute per API key (0 = no limit)",
     "ADMIN_RATE_LIMIT_PER_MIN": "requests a minute per address to /admin/* and admin-token attempts (0 = no limit)",
-    "MAX_IN_FLIGHT": "requests one worker serves at once; more are answered 503 at once (0 = no limit)",
+    "MAX_IN_FLIGHT": "requests one worker serves at once; more are answered 503 at once (<= REDIS_MAX_CONNECTIONS; "
+                     "0 = no limit)",
     "OPS_DETAILS": "public, or private: /metrics needs the admin token and /readyz tells others only its status",
     "FAISS_THREADS": "FAISS/BLAS threads per worker",
     "ANSWER_CACHE_SIZE": "encoded answers kept per worker by exact session state (0 = off)",
