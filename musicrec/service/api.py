@@ -3,23 +3,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Literal
 
 from litestar import MediaType, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from musicrec.service import logic
 from musicrec.service.answers import AnswerCache
 from musicrec.index.browse import BrowseQuery
 from musicrec.service.clients import client_id, remember
-from musicrec.service.deps import EngineDep, MetricsDep, SessionsDep
+from musicrec.service.deps import EngineDep, SessionsDep
 from musicrec.index.engine import Engine
 from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
@@ -37,11 +35,12 @@ Sort = Literal["-popularity", "popularity", "name", "-name", "artist", "-artist"
 
 @dataclass(frozen=True, slots=True)
 class Serving:
-    """The resources a hot route needs, resolved as one dependency.
+    """The resources a hot route needs, read from the app's state by the handler itself.
 
-    Why: Litestar resolves two or more independent dependencies of a handler concurrently,
-    in an anyio task group, which cost more CPU per request than the rest of POST /events
-    (benchmarks/README.md). One dependency (after ``metrics``) is resolved inline.
+    Why not a dependency: Litestar resolves two or more independent dependencies of a handler
+    concurrently, in an anyio task group, and even one costs its kwargs machinery on every
+    request, a sizeable share of a cached answer (benchmarks/README.md). These are our own
+    objects, set once in the lifespan, so there is nothing to validate or resolve.
     """
 
     engine: Engine
@@ -51,14 +50,11 @@ class Serving:
     answers: AnswerCache
 
 
-def provide_serving(state: State, metrics: MetricsDep) -> Serving:
+def serving_of(request: Request) -> Serving:
     # The same objects the app-level providers give: the current Engine (taken once per request,
-    # so a swap never mixes versions), the session store and the event sink.
-    return Serving(state.holder.current, state.sessions, state.events, metrics, state.answers)
-
-
-ServingDep: TypeAlias = NamedDependency[SkipValidation[Serving]]
-SERVING = {"serving": Provide(provide_serving, sync_to_thread=False)}
+    # so a swap never mixes versions), the session store, the event sink and the answer cache.
+    state = request.app.state
+    return Serving(state.holder.current, state.sessions, state.events, state.metrics, state.answers)
 
 
 def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -73,16 +69,17 @@ def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre": "acoustic", "popularity": 73}
 
 
-@get("/api/songs_recommendations", dependencies=SERVING,
+@get("/api/songs_recommendations",
      summary="Next tracks for the caller's session (the seed design's contract)",
      **documented("recommendations", listener=True, example=[SONG | {"score": 0.93172, "because": EXAMPLE_TRACK[::-1]}]))
 async def songs_recommendations(
-    request: Request, serving: ServingDep,
+    request: Request,
     k: Annotated[int, Parameter(ge=1, le=200, description="how many tracks", examples=[Example(value=20)])] = 20,
     diversity: Annotated[float, Parameter(ge=0.0, le=1.0, description="0: closest first; up to 1: more varied")] = 0.0,
 ) -> Response[list[SongRecommendation]]:
     """Scored from the listener's recent views, likes (weigh more) and skips (push away); a new listener gets
     popular tracks spread across genres. ``because`` is the session track that earned each one."""
+    serving = serving_of(request)
     client, is_new = client_id(request)
     events = [] if is_new else await serving.sessions.recent(client)
     started = time.perf_counter()
@@ -91,15 +88,16 @@ async def songs_recommendations(
     return remember(request, Response(body, media_type=MediaType.JSON), client, is_new)
 
 
-@post("/api/recommendations", status_code=200, dependencies=SERVING, guards=[json_only],
+@post("/api/recommendations", status_code=200, guards=[json_only],
       summary="Playlist continuation from given tracks (stateless)",
       **documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
                    body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
                    example={"items": [SONG | {"album": "Comedy", "score": 0.93172, "because": EXAMPLE_TRACK}],
                             "model_version": "20261201T093345Z-e5d67f7b", "unknown_ids": []}))
-async def recommendations(data: JSONBody[RecommendRequest], serving: ServingDep) -> RecommendResponse:
+async def recommendations(request: Request, data: JSONBody[RecommendRequest]) -> RecommendResponse:
     """Every known id is an equally weighted seed; ids the catalog lacks come back in ``unknown_ids`` (404 when
     none is known). Filters still fill ``k``; exclusions and negatives are never returned."""
+    serving = serving_of(request)
     started = time.perf_counter()
     answer = logic.recommend_tracks(serving.engine, data)
     serving.metrics.recommendation_seconds.labels("tracks").observe(time.perf_counter() - started)
@@ -114,14 +112,14 @@ EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
     EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
 
 
-@post("/events", status_code=HTTP_202_ACCEPTED, dependencies=SERVING, guards=[json_only],
+@post("/events", status_code=HTTP_202_ACCEPTED, guards=[json_only],
       summary="Record a view, skip or like; with \"next\": k, also answer the next k tracks (200)", **EVENT_DOCS)
-async def post_event(request: Request, data: JSONBody[EventIn],
-                     serving: ServingDep) -> Response[EventAccepted | EventWithNext]:
+async def post_event(request: Request, data: JSONBody[EventIn]) -> Response[EventAccepted | EventWithNext]:
     """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream
     (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``.
     With ``"next": k`` the answer is 200 with the receipt and ``next``: what /api/songs_recommendations?k=k
     answers right after the event, so a player needs one round trip per played track."""
+    serving = serving_of(request)
     engine = serving.engine
     kind = logic.normalise_event_type(data.type)
     require_same_origin(request)

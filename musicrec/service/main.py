@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             app.state.answers = answers = AnswerCache(settings.answer_cache_size)
             app.state.reloader = reloader
             app.state.online = online_service(settings, link, given.spotify)
+            app.state.metrics = metrics  # read by the hot routes (api.serving_of) without a dependency
             if settings.reload_poll_s > 0:
                 watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
                 watcher.add_done_callback(watcher_done)
