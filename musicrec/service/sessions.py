@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Final, Protocol, cast
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -392,21 +392,24 @@ class RedisSessionStore:
             written += len(sessions)
 
 
-def redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Redis:
+def redis_client(url: str, timeout_s: float, max_connections: int = 64, *, blocking: bool = True) -> Redis:
     """A redis.asyncio client whose every call is bounded by ``timeout_s`` and never retried.
 
     redis-py retries connection errors 3 times with backoff by default; here a failed call
     should fail fast and let the store fall back, so retries are off.
 
-    The pool blocks (up to ``timeout_s``) when all ``max_connections`` are busy. redis-py's
-    default pool raises "Too many connections" at once instead, so a burst of more than 100
-    concurrent requests in one worker looked like a Redis outage: sessions flapped to memory
-    and back and the worker fell further behind (benchmarks/README.md, the 1M load test).
+    ``blocking``: the pool waits (up to ``timeout_s``) when all ``max_connections`` are busy.
+    redis-py's default pool raises "Too many connections" at once instead, so a burst of more
+    than 100 concurrent requests in one worker looked like a Redis outage (benchmarks/README.md).
+    When the service bounds its requests in progress to at most ``max_connections``
+    (``MAX_IN_FLIGHT``) the pool is never short, and the plain pool costs less per call
+    (about a third of a session read, measured) than the blocking one's condition and timer.
     """
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
-    return Redis.from_pool(pool)
+    kwargs = dict(max_connections=max_connections, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+    if blocking:
+        return Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=timeout_s, **kwargs))
+    return Redis.from_pool(ConnectionPool.from_url(url, **kwargs))
 
 
 @asynccontextmanager
@@ -415,7 +418,11 @@ async def open_redis_link(settings: "Settings") -> AsyncIterator[RedisLink | Non
     if settings.memory_sessions:
         yield None
         return
-    link = RedisLink(redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections))
+    # Requests in progress are bounded by the pool size (Settings checks it) and each uses one
+    # connection at a time, so only an unbounded service needs the pool to wait; the link's own
+    # probe and the replay run while requests use memory.
+    link = RedisLink(redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections,
+                                  blocking=settings.max_in_flight == 0))
     try:
         await link.start()
         yield link
