@@ -355,6 +355,20 @@ def test_seeds_without_co_listening_are_scored_as_without_events() -> None:
     assert with_table.recommend(played) != without_events.recommend(played)
 
 
+def test_scoring_in_threads_agrees_and_leaves_each_position_map_clean() -> None:
+    """The scorer's row -> position map is per thread and reset by every scoring (answers never depend on it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = table_from_pairs(np.arange(0, 40), np.arange(40, 80), np.ones(40, np.float32), N, 10)
+    rec = Recommender(VECTORS, build_index(VECTORS, "flat"), TRACKS, ScoringParams(colisten_weight=2.0, seed_power=2.0),
+                      colisten=table)
+    queries = [Query(seeds=[Seed(i, 1.0), Seed(i + 3, 0.8)], k=12) for i in range(30)]
+    alone = [rec.recommend(q) for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(rec.recommend, queries * 3)) == alone * 3
+    assert (rec._scratch.positions == -1).all()
+
+
 def test_blend_from_a_manifest_is_checked() -> None:
     params = ScoringParams().with_blend({"colisten_weight": 3.0, "seed_power": None})
     assert params.colisten_weight == 3.0 and math.isinf(params.seed_power)

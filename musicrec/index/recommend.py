@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Mapping, Sequence
 
@@ -165,7 +166,8 @@ def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
 class Recommender:
     """Scores candidates for one artefact version; safe for concurrent searches.
 
-    Its only mutable state is the neighbour memo, which caches answers and never changes one.
+    Its mutable state is the neighbour memo and the per-track link caches, which never change an
+    answer, and a per-thread row -> position map that every scoring leaves as it found it.
     """
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
@@ -185,7 +187,9 @@ class Recommender:
         if memo and index is not None:
             self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth, table=neighbours)
         self._links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._colisten_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._links_max = 200_000
+        self._scratch = threading.local()  # per thread: see _positions
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
@@ -201,7 +205,7 @@ class Recommender:
         banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
         colisten = None
         if self.colisten is not None and p.colisten_weight > 0:
-            colisten = _Colisten(*self.colisten.gather(seed_rows))
+            colisten = self._seed_colisten(seed_rows)
             if not len(colisten.rows):
                 p, colisten = self._no_colisten, None
         artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
@@ -274,16 +278,24 @@ class Recommender:
         if not len(candidates):
             return []
         vecs = self._rows(candidates)
+        # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (wins).
+        linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
+            if ctx.artist_weight > 0 or ctx.colisten is not None else None
         # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
         # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
         per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
         if not math.isinf(p.seed_power):
             np.maximum(per_seed, 0.0, out=per_seed)  # a power mean needs terms >= 0
-        links, co = ctx.links, ctx.colisten
-        affinity = _add_pairs(per_seed, candidates, links.seed, links.rows, ctx.artist_weight * links.value) \
-            if links is not None else None
-        colisten = _add_pairs(per_seed, candidates, co.seed, co.rows, p.colisten_weight * co.weight) \
-            if co is not None else None
+        positions = self._positions(candidates)
+        try:
+            if ctx.artist_weight > 0:
+                _add_sparse(per_seed, linked, positions, ctx.links.rows, ctx.links.seed, ctx.links.value,
+                            ctx.artist_weight, 1)
+            if ctx.colisten is not None:
+                _add_sparse(per_seed, linked, positions, ctx.colisten.rows, ctx.colisten.seed, ctx.colisten.weight,
+                            p.colisten_weight, 2)
+        finally:
+            positions[candidates] = -1  # the map is back to all -1 for the next request
         per_seed *= ctx.weights
         score = _power_mean(per_seed, p.seed_power)
         if p.popularity_weight > 0:
@@ -299,7 +311,7 @@ class Recommender:
         else:
             order = order[:q.k]
         best_seed = per_seed[:, order].argmax(axis=0)
-        reasons = _reasons(best_seed * len(candidates) + order, colisten, affinity)
+        reasons = _reasons(linked[best_seed, order] if linked is not None else None, len(order))
         because = ctx.seed_rows[best_seed].tolist()
         return [Hit(r, s, b, why) for r, s, b, why in
                 zip(candidates[order].tolist(), score[order].tolist(), because, reasons)]
@@ -348,7 +360,7 @@ class Recommender:
         """The seeds' artist and album tracks, flattened once per request.
 
         ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
-        ANN may miss. The (row, seed, value) triples feed ``_add_pairs``.
+        ANN may miss. The (row, seed, value) triples feed ``_add_sparse``.
         """
         per_seed = [self._track_links(row) for row in seed_rows.tolist()]
         capped = [links[0] for links in per_seed if len(links[0])]
@@ -357,6 +369,39 @@ class Recommender:
         return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
                       np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
                       np.concatenate([links[2] for links in per_seed]))
+
+    def _positions(self, candidates: np.ndarray) -> np.ndarray:
+        """A row -> position-in-``candidates`` map (-1 elsewhere): this thread's, reset by the caller.
+
+        Why: finding each seed's linked rows among the candidates by binary search cost more than
+        the scoring around it; one gather from a catalog-long int32 map is a few microseconds.
+        """
+        positions = getattr(self._scratch, "positions", None)
+        if positions is None:
+            positions = self._scratch.positions = np.full(self.n, -1, dtype=np.int32)
+        positions[candidates] = np.arange(len(candidates), dtype=np.int32)
+        return positions
+
+    def _track_colisten(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """One track's co-listened (rows, weights), read from the memory-mapped table once per track."""
+        found = self._colisten_rows.get(row)
+        if found is None:
+            rows, weights = self.colisten.neighbours(row)  # type: ignore[union-attr]
+            found = (rows.astype(np.int64), np.array(weights, dtype=np.float32))
+            if len(self._colisten_rows) >= self._links_max:
+                self._colisten_rows.clear()  # the same crude bound as the artist links
+            self._colisten_rows[row] = found
+        return found
+
+    def _seed_colisten(self, seed_rows: np.ndarray) -> "_Colisten":
+        """``ColistenTable.gather`` for the seeds (same entries, same order), from the per-track cache."""
+        per_seed = [self._track_colisten(row) for row in seed_rows.tolist()]
+        lengths = [len(rows) for rows, _ in per_seed]
+        if not sum(lengths):
+            return _Colisten(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+        return _Colisten(np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
+                         np.concatenate([rows for rows, _ in per_seed]),
+                         np.concatenate([weights for _, weights in per_seed]))
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
         t = self.tracks
@@ -504,20 +549,6 @@ def _unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def _add_pairs(per_seed: np.ndarray, candidates: np.ndarray, seed: np.ndarray, rows: np.ndarray,
-               values: np.ndarray) -> np.ndarray:
-    """per_seed[s, i] += value for each (seed s, row, value) whose row is candidate i; the cells changed.
-
-    Only those cells change (the dense seed × candidate matrix of a term is never built); a
-    seed's rows are unique, so no cell repeats. Returns them sorted, as seed · len(candidates) + i.
-    """
-    if not len(rows) or not len(candidates):
-        return np.empty(0, np.int64)
-    pos, hit = _find(candidates, rows)
-    per_seed[seed[hit], pos[hit]] += values[hit]
-    return np.sort(seed[hit] * len(candidates) + pos[hit])
-
-
 def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
     """(mean over seeds of v^p)^(1/p) per candidate column: p = inf is the max, 1 the mean."""
     if math.isinf(power) or len(per_seed) == 1:
@@ -529,14 +560,30 @@ def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
     return top * np.power(np.power(per_seed / scale, power).mean(axis=0), 1.0 / power)
 
 
-def _reasons(cells: np.ndarray, colisten: np.ndarray | None, affinity: np.ndarray | None) -> list[str]:
-    """For each chosen (seed, candidate) cell, what linked them: co-listening, then artist, else sound."""
-    out = np.full(len(cells), SOUNDS_LIKE, dtype=object)
-    if affinity is not None and len(affinity):
-        out[_member(cells, affinity)] = SAME_ARTIST
-    if colisten is not None and len(colisten):
-        out[_member(cells, colisten)] = CO_LISTENED
-    return out.tolist()
+_REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED, CO_LISTENED], dtype=object)  # by link flags
+
+
+def _reasons(linked: np.ndarray | None, count: int) -> list[str]:
+    """Each chosen (seed, candidate) cell's link flags as a reason: co-listening, then artist, else sound."""
+    if linked is None:
+        return [SOUNDS_LIKE] * count
+    return _REASON_OF[linked].tolist()
+
+
+def _add_sparse(per_seed: np.ndarray, linked: np.ndarray, positions: np.ndarray, rows: np.ndarray, seed: np.ndarray,
+                value: np.ndarray, weight: float, flag: int) -> None:
+    """per_seed[s, i] += weight · value for each (seed s, row) pair whose row is candidate i; flags those cells.
+
+    Only those cells change: adding weight · 0 elsewhere would leave every score as it is, so
+    the dense a(s, c) or l(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
+    """
+    if not len(rows):
+        return
+    pos = positions[rows]
+    hit = pos >= 0
+    cells_seed, cells_pos = seed[hit], pos[hit]
+    per_seed[cells_seed, cells_pos] += weight * value[hit]
+    linked[cells_seed, cells_pos] |= flag
 
 
 def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray:
