@@ -434,7 +434,7 @@ async def test_recovery_drops_the_pooled_connections_so_redis_does_not_flap(own_
 async def test_the_pool_waits_for_a_connection_only_when_requests_in_progress_are_unbounded(redis_url: str) -> None:
     from redis.asyncio import BlockingConnectionPool
 
-    for max_in_flight, blocking in (("32", False), ("0", True)):
+    for max_in_flight, blocking in (("16", False), ("0", True)):
         settings = Settings.from_env({"REDIS_URL": redis_url, "MAX_IN_FLIGHT": max_in_flight}, env_file=None)
         async with open_session_store(settings) as store:
             assert isinstance(store.client.connection_pool, BlockingConnectionPool) is blocking

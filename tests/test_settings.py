@@ -179,7 +179,7 @@ def test_request_limits_have_sane_defaults_and_are_read() -> None:
 
 
 def test_max_in_flight_is_bounded_by_the_redis_pool() -> None:
-    assert Settings.from_env({}, env_file=None).max_in_flight == 32
+    assert Settings.from_env({}, env_file=None).max_in_flight == 16
     assert Settings.from_env({"MAX_IN_FLIGHT": "0"}, env_file=None).max_in_flight == 0
     assert Settings.from_env({"MAX_IN_FLIGHT": "64", "REDIS_MAX_CONNECTIONS": "64"}, env_file=None).max_in_flight == 64
     assert Settings.from_env({"MAX_IN_FLIGHT": "500", "REDIS_URL": "memory://"}, env_file=None).max_in_flight == 500

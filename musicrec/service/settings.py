@@ -79,7 +79,7 @@ class Settings(CommonSettings):
     """Requests a minute per API key; 0 = no limit."""
     admin_rate_limit_per_min: int = 10
     """Requests a minute per client address to /admin/* (and token attempts on private /metrics, /readyz); 0 = none."""
-    max_in_flight: int = 32
+    max_in_flight: int = 16
     """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit.
     At most ``redis_max_connections``: a request beyond the pool waited for a connection, and that wait
     timing out read as a Redis outage (benchmarks/README.md, the overload collapse)."""
