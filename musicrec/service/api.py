@@ -57,8 +57,11 @@ def serving_of(request: Request) -> Serving:
     return Serving(state.holder.current, state.sessions, state.events, state.metrics, state.answers)
 
 
-def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """A body declared as something other than JSON is a 415 (no Content-Type is read as JSON)."""
+async def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """A body declared as something other than JSON is a 415 (no Content-Type is read as JSON).
+
+    ``async`` on purpose: Litestar runs a sync guard in a worker thread, which cost more CPU per
+    POST than the rest of POST /events (benchmarks/README.md)."""
     kind = connection.headers.get("content-type")
     if kind is not None:
         media = kind.split(";", 1)[0].strip().lower()
