@@ -79,6 +79,13 @@ def test_load_goals_are_ratios_to_the_null_service_with_an_absolute_cap() -> Non
     assert any("3 failed requests" in m for m in misses)
     assert any("> 25 ms" in m for m in goal_misses(_result("bench", 0.3, 26.0), _result("bench", 0.2, 20.0), args))
     assert goal_misses(_result("bench", 5.0, 9.0), None, args) == []  # alone: only the absolute --p99-ms
+    # Requests shed while the listeners' spawn burst outran the service are information; after it, failures.
+    burst = _result("player", 0.39, 9.9, failures=40)
+    burst.shed = 40
+    assert burst.warmup_shed == 40 and goal_misses(burst, null, args) == []
+    burst.endpoints[0].failures = 2
+    assert burst.measured_failures == 2 and any("2 failed requests (2 after the warm-up)" in m
+                                                 for m in goal_misses(burst, null, args))
 
 
 @pytest.mark.anyio
