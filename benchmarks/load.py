@@ -528,12 +528,13 @@ def ceiling_table(steps: list[tuple[RunResult, list[str]]], p99_ms: float, args:
     lines = [f"# ceiling{', ' + what if what else ''}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.workers} "
              f"service workers, Locust in {_locust_processes(args)} process(es): offered rate stepped up; a step passes "
              f"with p99 ≤ {p99_ms:g} ms on both recommendation endpoints, no failures and ≥ 95% of the rate achieved",
-             "| offered req/s | achieved req/s | rec p50 ms | rec p95 ms | rec p99 ms | failures | service cores | "
-             "Locust cores | pass |", "|---|---|---|---|---|---|---|---|---|"]
+             "| offered req/s | achieved req/s | rec p50 ms | rec p95 ms | rec p99 ms | failures | shed in warm-up | "
+             "service cores | Locust cores | pass |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result, misses in steps:
         rec = result.endpoint("all recommendations")
         lines.append(f"| {result.rate:,.0f} | {result.achieved:,.0f} | {rec.p50:.2f} | {rec.p95:.2f} | {rec.p99:.2f} | "
-                     f"{result.failures} | {result.service_cores:.2f} | {result.locust_cores:.2f} | "
+                     f"{result.failures - result.warmup_shed} | {result.warmup_shed} | {result.service_cores:.2f} | "
+                     f"{result.locust_cores:.2f} | "
                      f"{'yes' if not misses else 'no: ' + '; '.join(misses)} |")
     passed = [r.rate for r, m in steps if not m]
     lines.append(f"# highest passing offered rate: {max(passed):,.0f} req/s" if passed else "# no step passed")
