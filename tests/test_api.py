@@ -409,3 +409,17 @@ async def test_listeners_dropped_by_the_in_process_store_are_on_the_metrics(demo
             assert r.status_code == 202
         metrics = (await c.get("/metrics")).text
     assert "musicrec_sessions_evicted_total 1.0" in metrics and "musicrec_session_events_evicted_total 1.0" in metrics
+
+
+async def test_an_injected_empty_session_store_is_the_one_used(demo_artifacts: Path, catalog) -> None:
+    """An empty MemorySessionStore has len 0, so ``given or open_…`` used to discard it for a new one."""
+    from musicrec.service.main import Resources
+    from musicrec.service.sessions import MemorySessionStore
+
+    store = MemorySessionStore(max_len=20, ttl_s=60)
+    app = create_app(settings_for(demo_artifacts), resources=Resources(sessions=store))
+    async with AsyncTestClient(app) as fresh:
+        response = await fresh.post("/events", json={"type": "track_view", "track_id": catalog.ids[3]},
+                                    headers={"X-Client-Id": "injected-store"})
+        assert response.status_code == 202, response.text
+    assert [e.track_id for e in store.recent_now("injected-store")] == [catalog.ids[3]]

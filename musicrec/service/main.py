@@ -68,12 +68,16 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             configure_faiss_threads(settings.faiss_threads)
-            engine = given.engine or await anyio.to_thread.run_sync(Engine.load, settings.artifacts_dir)
+            # `is None`, not `or`: a given resource may be falsy (an empty MemorySessionStore has len 0).
+            engine = given.engine if given.engine is not None else \
+                await anyio.to_thread.run_sync(Engine.load, settings.artifacts_dir)
             # One Redis client and outage state per worker, for the sessions and the online-track cache alike.
             needs_redis = given.sessions is None or settings.mode == "online"
             link = await stack.enter_async_context(open_redis_link(settings)) if needs_redis else None
-            sessions = given.sessions or await stack.enter_async_context(open_session_store(settings, link=link))
-            events = given.events or await stack.enter_async_context(open_event_sink(settings))
+            sessions = given.sessions if given.sessions is not None else \
+                await stack.enter_async_context(open_session_store(settings, link=link))
+            events = given.events if given.events is not None else \
+                await stack.enter_async_context(open_event_sink(settings))
             guard.counters = WindowCounters(link)  # rate limits count in the worker's Redis, in-process while it is down
             holder = EngineHolder(engine)
             reloader = Reloader(settings.artifacts_dir, holder)
