@@ -43,6 +43,16 @@ def test_sessions_split_at_gaps_by_client_in_time_order() -> None:
     assert sessions.clients == 2 and sessions.events_read == 5 and sessions.unknown_track == 0
 
 
+def test_the_log_order_changes_nothing() -> None:
+    rows = [(f"c{i % 7}", "track_view" if i % 5 else "skip", IDS[(i * 5) % 12], T0 + 60 * i) for i in range(60)]
+    config = ColistenConfig(window=3, shrink=1.0)
+    a = sessions_from_log(log(rows), IDS, config)
+    b = sessions_from_log(log(rows[::-1]), IDS, config)
+    for name in ("play_session", "play_row", "play_client", "skip_session", "skip_row", "skip_before"):
+        assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
+    assert sorted(set(a.play_client.tolist())) == list(range(7))  # codes by sorted client id
+
+
 def test_unknown_tracks_are_dropped_before_splitting_and_never_bridge_a_gap() -> None:
     table = log([("a", "track_view", "t0", T0), ("a", "track_view", "gone", T0 + 1000),
                  ("a", "track_view", "t1", T0 + 2000)])

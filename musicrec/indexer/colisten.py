@@ -103,8 +103,12 @@ def sessions_from_log(table: pa.Table, track_ids: pa.Array | np.ndarray, config:
     unknown = events_read - int(pc.sum(known).as_py() or 0)
     table = table.filter(known)
     row = pc.filter(rows, known).to_numpy(zero_copy_only=False).astype(np.int64)
-    client = table.column("client_id").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    client = client.astype(np.int64)
+    # Client codes by sorted id, not by first appearance: the log's order (Kafka partitions
+    # interleave) then changes nothing, so the same events always give the same folds and table.
+    encoded = table.column("client_id").combine_chunks().dictionary_encode()
+    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    rank[pc.array_sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(encoded.dictionary))
+    client = rank[encoded.indices.to_numpy(zero_copy_only=False)]
     ts = table.column("ts").to_numpy().astype(np.float64)
     kind = table.column("type")
     is_play = pc.is_in(kind, value_set=pa.array(PLAY_TYPES)).to_numpy(zero_copy_only=False)
