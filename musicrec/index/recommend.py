@@ -298,13 +298,13 @@ class Recommender:
             positions[candidates] = -1  # the map is back to all -1 for the next request
         per_seed *= ctx.weights
         score = _power_mean(per_seed, p.seed_power)
+        popularity = t.popularity.take(candidates)
         if p.popularity_weight > 0:
-            score += (p.popularity_weight / 100.0) * t.popularity.take(candidates)
+            score += (p.popularity_weight / 100.0) * popularity
         if len(ctx.neg_rows):
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
             score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
-        popularity = t.popularity.take(candidates)
         order = _first_per_song(_ranking(score, popularity, need), t.song_key.take(candidates), need, score, popularity)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
