@@ -369,6 +369,15 @@ def test_scoring_in_threads_agrees_and_leaves_each_position_map_clean() -> None:
     assert (rec._scratch.positions == -1).all()
 
 
+def test_the_api_offers_exactly_the_scorers_reasons() -> None:
+    from typing import get_args
+
+    from musicrec.index.recommend import REASONS
+    from musicrec.service.schemas import Reason
+
+    assert set(get_args(Reason)) == set(REASONS)
+
+
 def test_blend_from_a_manifest_is_checked() -> None:
     params = ScoringParams().with_blend({"colisten_weight": 3.0, "seed_power": None})
     assert params.colisten_weight == 3.0 and math.isinf(params.seed_power)
