@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+
+import msgspec
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -11,14 +13,15 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from musicrec.service import logic
 from musicrec.service.answers import AnswerCache
 from musicrec.index.browse import BrowseQuery
-from musicrec.service.clients import client_id, remember
+from musicrec.service.clients import client_id, listener_cookie, remember
 from musicrec.service.deps import EngineDep, SessionsDep
-from musicrec.index.engine import Engine
+from musicrec.index.engine import EngineHolder
 from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
 from musicrec.service.metrics import ServiceMetrics
@@ -30,20 +33,22 @@ from musicrec.service.schemas import (
 )
 from musicrec.service.sessions import SessionStore
 
+_encode = msgspec.json.encode
 Sort = Literal["-popularity", "popularity", "name", "-name", "artist", "-artist"]
 
 
 @dataclass(frozen=True, slots=True)
 class Serving:
-    """The resources a hot route needs, read from the app's state by the handler itself.
+    """The resources the hot routes need, set once on the app's state by the lifespan.
 
-    Why not a dependency: Litestar resolves two or more independent dependencies of a handler
+    Why not dependencies: Litestar resolves two or more independent dependencies of a handler
     concurrently, in an anyio task group, and even one costs its kwargs machinery on every
     request, a sizeable share of a cached answer (benchmarks/README.md). These are our own
-    objects, set once in the lifespan, so there is nothing to validate or resolve.
+    objects, so there is nothing to validate or resolve: a handler reads this one object, and
+    the current Engine from its holder once (so a swap never mixes versions within a request).
     """
 
-    engine: Engine
+    holder: EngineHolder
     sessions: SessionStore
     events: EventSink
     metrics: ServiceMetrics
@@ -51,10 +56,18 @@ class Serving:
 
 
 def serving_of(request: Request) -> Serving:
-    # The same objects the app-level providers give: the current Engine (taken once per request,
-    # so a swap never mixes versions), the session store, the event sink and the answer cache.
-    state = request.app.state
-    return Serving(state.holder.current, state.sessions, state.events, state.metrics, state.answers)
+    return request.app.state.serving
+
+
+def encoded(request: Request, body: bytes, client: str, is_new: bool, status: int = HTTP_200_OK) -> ASGIResponse:
+    """Already-encoded JSON as Litestar's raw response, with the listener's cookie when we just named them.
+
+    The hot routes' answers are bytes already (the answer cache keeps them encoded); a ``Response``
+    would go through Litestar's response building again, a measurable share of a cached answer.
+    Their documented types are declared in the route's ``responses`` instead of its return annotation.
+    """
+    return ASGIResponse(body=body, media_type=MediaType.JSON, status_code=status,
+                        cookies=[listener_cookie(request, client)] if is_new else None)
 
 
 async def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -72,23 +85,28 @@ async def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre": "acoustic", "popularity": 73}
 
 
+SESSION_DOCS = documented("recommendations", listener=True,
+                          example=[SONG | {"score": 0.93172, "because": EXAMPLE_TRACK[::-1]}])
+SESSION_DOCS["responses"][HTTP_200_OK] = ResponseSpec(list[SongRecommendation], description="The next tracks, best first",
+                                                     generate_examples=False)
+
+
 @get("/api/songs_recommendations",
-     summary="Next tracks for the caller's session (the seed design's contract)",
-     **documented("recommendations", listener=True, example=[SONG | {"score": 0.93172, "because": EXAMPLE_TRACK[::-1]}]))
+     summary="Next tracks for the caller's session (the seed design's contract)", **SESSION_DOCS)
 async def songs_recommendations(
     request: Request,
     k: Annotated[int, Parameter(ge=1, le=200, description="how many tracks", examples=[Example(value=20)])] = 20,
     diversity: Annotated[float, Parameter(ge=0.0, le=1.0, description="0: closest first; up to 1: more varied")] = 0.0,
-) -> Response[list[SongRecommendation]]:
+) -> ASGIResponse:
     """Scored from the listener's recent views, likes (weigh more) and skips (push away); a new listener gets
     popular tracks spread across genres. ``because`` is the session track that earned each one."""
     serving = serving_of(request)
     client, is_new = client_id(request)
     events = [] if is_new else await serving.sessions.recent(client)
     started = time.perf_counter()
-    body = logic.session_answer(serving.engine, serving.answers, events, k, diversity=diversity)
-    serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
-    return remember(request, Response(body, media_type=MediaType.JSON), client, is_new)
+    body = logic.session_answer(serving.holder.current, serving.answers, events, k, diversity=diversity)
+    serving.metrics.session_seconds.observe(time.perf_counter() - started)
+    return encoded(request, body, client, is_new)
 
 
 @post("/api/recommendations", status_code=200, guards=[json_only],
@@ -102,8 +120,8 @@ async def recommendations(request: Request, data: JSONBody[RecommendRequest]) ->
     none is known). Filters still fill ``k``; exclusions and negatives are never returned."""
     serving = serving_of(request)
     started = time.perf_counter()
-    answer = logic.recommend_tracks(serving.engine, data)
-    serving.metrics.recommendation_seconds.labels("tracks").observe(time.perf_counter() - started)
+    answer = logic.recommend_tracks(serving.holder.current, data)
+    serving.metrics.tracks_seconds.observe(time.perf_counter() - started)
     return answer
 
 
@@ -111,19 +129,20 @@ EVENT_DOCS = documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), list
                         body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
                         example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT,
                                  "type": "like"})
+EVENT_DOCS["responses"][HTTP_202_ACCEPTED] = ResponseSpec(EventAccepted, description="The event's receipt", generate_examples=False)
 EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
     EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
 
 
 @post("/events", status_code=HTTP_202_ACCEPTED, guards=[json_only],
       summary="Record a view, skip or like; with \"next\": k, also answer the next k tracks (200)", **EVENT_DOCS)
-async def post_event(request: Request, data: JSONBody[EventIn]) -> Response[EventAccepted | EventWithNext]:
+async def post_event(request: Request, data: JSONBody[EventIn]) -> ASGIResponse:
     """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream
     (Kafka) for retraining. The listener is the header's, else the cookie's, else the body's ``client_id``.
     With ``"next": k`` the answer is 200 with the receipt and ``next``: what /api/songs_recommendations?k=k
     answers right after the event, so a player needs one round trip per played track."""
     serving = serving_of(request)
-    engine = serving.engine
+    engine = serving.holder.current
     kind = logic.normalise_event_type(data.type)
     require_same_origin(request)
     client, is_new = client_id(request, data.client_id)
@@ -135,13 +154,13 @@ async def post_event(request: Request, data: JSONBody[EventIn]) -> Response[Even
     if data.next is None:
         await serving.sessions.append(client, logic.session_event(event))
         serving.events.publish(event)
-        return remember(request, Response(receipt, status_code=HTTP_202_ACCEPTED), client, is_new)
+        return encoded(request, _encode(receipt), client, is_new, HTTP_202_ACCEPTED)
     events = await serving.sessions.append_recent(client, logic.session_event(event))
     serving.events.publish(event)
     started = time.perf_counter()
     body = logic.event_with_next(receipt, logic.session_answer(engine, serving.answers, events, data.next))
-    serving.metrics.recommendation_seconds.labels("session").observe(time.perf_counter() - started)
-    return remember(request, Response(body, status_code=HTTP_200_OK, media_type=MediaType.JSON), client, is_new)
+    serving.metrics.session_seconds.observe(time.perf_counter() - started)
+    return encoded(request, body, client, is_new)
 
 
 @get("/api/session", summary="The caller's recent events, newest first",

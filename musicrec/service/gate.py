@@ -29,6 +29,7 @@ from typing import Final
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from musicrec.service.clients import signed_cookie
 from musicrec.service.errors import Overloaded, TooManyRequests, Unauthorized
 from musicrec.service.security import API_KEY_STATE, Security, presented_key
 from musicrec.service.sessions import DEFAULT_PREFIX, REDIS_DOWN, RedisLink
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_S: Final = 60
 API, ADMIN, OPS, PAGE = "api", "admin", "ops", "page"
-_COOKIE_PREFIX: Final = "client_id="
 
 
 def area_of(path: str) -> str | None:
@@ -122,17 +122,6 @@ class WindowCounters:
         return count
 
 
-def _signed_cookie(headers: list[tuple[bytes, bytes]], security: Security) -> bool:
-    """Does the request carry a listener cookie this service signed?"""
-    for name, value in headers:
-        if name == b"cookie":
-            for part in value.decode("latin-1").split(";"):
-                part = part.strip()
-                if part.startswith(_COOKIE_PREFIX) and security.signer.verify(part[len(_COOKIE_PREFIX):]) is not None:
-                    return True
-    return False
-
-
 class Guard:
     """The gate's state and rules, shared by every request of one app (one worker)."""
 
@@ -174,7 +163,7 @@ class Guard:
                 raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
             scope["state"][API_KEY_STATE] = kid
             return kid
-        if _signed_cookie(scope["headers"], self.security):
+        if signed_cookie(scope["headers"], self.security) is not None:
             return None
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-Api-Key: <key>); browsers use "
                            "the session cookie the web pages set", headers={"WWW-Authenticate": "Bearer"})

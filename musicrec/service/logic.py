@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Sequence
 
 import msgspec
 
 from musicrec.service.answers import AnswerCache
+from musicrec.service.clients import random_id
 from musicrec.index.engine import Engine
 from musicrec.service.errors import BadRequest, NotFound
 from musicrec.service.schemas import (
@@ -116,7 +116,7 @@ def event_with_next(receipt: EventAccepted, answer: bytes) -> bytes:
 
 def make_event(engine: Engine, *, kind: str, track_id: str, client_id: str, ts: float | None,
                source: str | None, position: float | None) -> Event:
-    return Event(event_id=uuid.uuid4().hex, type=kind, track_id=track_id, ts=ts if ts is not None else time.time(),
+    return Event(event_id=random_id(), type=kind, track_id=track_id, ts=ts if ts is not None else time.time(),
                  source=source, client_id=client_id, position=position, model_version=engine.model_version)
 
 

@@ -82,10 +82,10 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             holder = EngineHolder(engine)
             reloader = Reloader(settings.artifacts_dir, holder)
             app.state.holder, app.state.sessions, app.state.events = holder, sessions, events
-            app.state.answers = answers = AnswerCache(settings.answer_cache_size)
+            answers = AnswerCache(settings.answer_cache_size)
             app.state.reloader = reloader
             app.state.online = online_service(settings, link, given.spotify)
-            app.state.metrics = metrics  # read by the hot routes (api.serving_of) without a dependency
+            app.state.serving = api.Serving(holder, sessions, events, metrics, answers)  # the hot routes' (api.serving_of)
             if settings.reload_poll_s > 0:
                 watcher = asyncio.create_task(reloader.watch(settings.reload_poll_s), name="artifact-watcher")
                 watcher.add_done_callback(watcher_done)

@@ -123,6 +123,9 @@ class ServiceMetrics:
             "musicrec_recommendation_seconds", "CPU-side time to score one recommendation request",
             ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        # The hot routes observe these children directly: ``labels()`` per request costs a lock and a lookup.
+        self.session_seconds = self.recommendation_seconds.labels("session")
+        self.tracks_seconds = self.recommendation_seconds.labels("tracks")
         self._worker: _WorkerFigures | None = None
         if not self.multiprocess:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

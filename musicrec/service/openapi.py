@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, Example, Operation, Parameter, Schema, SecurityScheme, Tag
+from litestar.openapi.spec import Components, Example, OpenAPIHeader, Operation, Parameter, Schema, SecurityScheme, Tag
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.router import Router
 
@@ -81,6 +81,14 @@ REQUEST_ID_HEADER = ResponseHeader(name="X-Request-Id", documentation_only=True,
                                    description="The request's id: the caller's own X-Request-Id when it is a plain "
                                                "token, else a fresh one; the service's log lines for it carry it.")
 
+# The same two headers as OpenAPI entries, for success responses declared as a ``ResponseSpec`` (routes that
+# answer raw, already-encoded JSON): Litestar adds the route's own headers only to responses it generates.
+_ID_HEADER_DOC = OpenAPIHeader(description=REQUEST_ID_HEADER.description, schema=Schema(type=OpenAPIType.STRING))
+_COOKIE_HEADER_DOC = OpenAPIHeader(
+    description=CLIENT_COOKIE_SET.description,
+    schema=Schema(type=OpenAPIType.STRING,
+                  examples=["client_id=<id>.<signature>; HttpOnly; Max-Age=31536000; Path=/; SameSite=lax"]))
+
 
 def _error_response(status: int) -> ResponseSpec:
     example = ERROR_EXAMPLES.get(status, {"status_code": status, "detail": ERRORS[status]})
@@ -112,6 +120,10 @@ def _operation_class(listener: bool, example: Any, body_example: Any) -> type[Op
         def __post_init__(self) -> None:
             if listener:
                 self.parameters = [*(self.parameters or []), CLIENT_HEADER, CLIENT_COOKIE]
+            for code, response in (self.responses or {}).items():
+                if str(code).startswith("2") and not getattr(response, "headers", True):
+                    response.headers = {"X-Request-Id": _ID_HEADER_DOC} | \
+                        ({"Set-Cookie": _COOKIE_HEADER_DOC} if listener else {})
             if example is not None and self.responses:
                 ok = next(code for code in self.responses if str(code).startswith("2"))
                 for media in (getattr(self.responses[ok], "content", None) or {}).values():

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from typing import Final
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from musicrec.logs import request_id
+from musicrec.service.clients import random_id
 
 HEADER: Final = b"x-request-id"
 _TOKEN: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -25,13 +25,13 @@ access = logging.getLogger("musicrec.access")
 
 
 def incoming_id(scope: Scope) -> str:
-    """The caller's X-Request-Id when it is a plain token (1–128 of ``A-Za-z0-9._:-``), else a fresh uuid."""
+    """The caller's X-Request-Id when it is a plain token (1–128 of ``A-Za-z0-9._:-``), else 128 fresh random bits in hex."""
     for name, value in scope["headers"]:
         if name == HEADER:
             if _TOKEN.fullmatch(value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    return random_id()
 
 
 class RequestId:

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import logging
 import math
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode
@@ -33,7 +32,7 @@ from musicrec.data.spotify import SpotifyError
 from musicrec.index.engine import Engine
 from musicrec.index.recommend import Query, Seed, seeds_from_events
 from musicrec.service import logic
-from musicrec.service.clients import client_id, remember
+from musicrec.service.clients import client_id, random_id, remember
 from musicrec.service.security import Security, is_same_site_navigation, require_same_origin
 from musicrec.service.deps import EngineDep, EventsDep, SessionsDep
 from musicrec.service.errors import BadRequest, DomainError, NotFound, Unauthorized, describe, from_spotify, log_server_error
@@ -63,7 +62,7 @@ def listener(request: Request) -> tuple[str, bool]:
     try:
         return client_id(request)
     except (BadRequest, Unauthorized):
-        return uuid.uuid4().hex, True
+        return random_id(), True
 
 
 @functools.cache
