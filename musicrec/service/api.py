@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from litestar import MediaType, Request, Response, delete, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
-from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
@@ -90,16 +88,18 @@ def encoded(request: Request, body: bytes, client: str, is_new: bool, status: in
     return EncodedJSON(body, status, listener_cookie(request, client) if is_new else None)
 
 
-async def json_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def json_only(request: Request) -> None:
     """A body declared as something other than JSON is a 415 (no Content-Type is read as JSON).
 
-    ``async`` on purpose: Litestar runs a sync guard in a worker thread, which cost more CPU per
-    POST than the rest of POST /events (benchmarks/README.md)."""
-    kind = connection.headers.get("content-type")
-    if kind is not None:
-        media = kind.split(";", 1)[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {media!r}")
+    A ``before_request`` hook, run before the body is read: Litestar runs a sync guard in a worker
+    thread, and even an async guard gets a copy of its route handler on every call, which cost more
+    CPU than the rest of a POST /events (benchmarks/README.md)."""
+    for name, value in request.scope["headers"]:
+        if name == b"content-type":
+            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {media!r}")
+            return
 
 
 SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre": "acoustic", "popularity": 73}
@@ -129,7 +129,7 @@ async def songs_recommendations(
     return encoded(request, body, client, is_new)
 
 
-@post("/api/recommendations", status_code=200, guards=[json_only],
+@post("/api/recommendations", status_code=200, before_request=json_only,
       summary="Playlist continuation from given tracks (stateless)",
       **documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
                    body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
@@ -154,7 +154,7 @@ EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
     EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
 
 
-@post("/events", status_code=HTTP_202_ACCEPTED, guards=[json_only],
+@post("/events", status_code=HTTP_202_ACCEPTED, before_request=json_only,
       summary="Record a view, skip or like; with \"next\": k, also answer the next k tracks (200)", **EVENT_DOCS)
 async def post_event(request: Request, data: JSONBody[EventIn]) -> EncodedJSON:
     """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream

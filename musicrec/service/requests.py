@@ -4,7 +4,7 @@ Litestar decodes a ``JSONBody`` parameter generically (``msgspec.json.decode`` w
 before it converts the result to the handler's Struct, so a body nested a thousand deep (2 KB)
 raised RecursionError there: a 500 with a traceback per request. Here it is a 400, and a client
 that hangs up mid-body is told apart from a server failure. (A body that is not declared JSON is
-refused before this, by the routes' ``json_only`` guard.)
+refused before this, by the routes' ``json_only`` hook.)
 """
 from __future__ import annotations
 
