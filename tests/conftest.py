@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -138,11 +139,15 @@ def musicrec_logs() -> Iterator[list[logging.LogRecord]]:
 
 
 class RedisServer:
-    """``redis-server`` on a free loopback port, owned by one test: kill it, restart it, freeze it."""
+    """``redis-server`` on a free loopback port, owned by one test: kill it, restart it, freeze it.
 
-    def __init__(self, workdir: Path) -> None:
+    ``extra`` goes on its command line (``--requirepass``, ``--unixsocket``, ...).
+    """
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -152,19 +157,28 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+             "--dir", str(self.workdir), *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # NOAUTH: up, with a password
                         return
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis-server on {self.port} did not answer within {timeout_s}s")
             time.sleep(0.02)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and take commands, but nothing is answered (a hung Redis)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: every connection drops at once, as in a crash."""
