@@ -11,8 +11,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from musicrec.service.sessions import (MemorySessionStore, RedisSessionStore, SessionEvent, SessionStore, open_session_store,
-                          redis_client)
+from musicrec.service.resp import RedisClient, RedisConnectionError
+from musicrec.service.sessions import MemorySessionStore, RedisSessionStore, SessionEvent, SessionStore, open_session_store
 from musicrec.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,7 @@ def ev(i: int, kind: str = "track_view") -> SessionEvent:
 
 @pytest.fixture
 async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisSessionStore]:
-    client = redis_client(redis_url, 0.25)
+    client = RedisClient.from_url(redis_url, timeout_s=0.25)
     store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix)
     await store.start()
     try:
@@ -226,7 +226,7 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
     await target.aclose()
     caplog.set_level(logging.INFO, logger="musicrec.service.sessions")
     async with SwitchableProxy(port) as proxy:
-        client = redis_client(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
+        client = RedisClient.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout_s=0.25)
         store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix,
                                   backoff_initial_s=0.5, backoff_max_s=0.5)
         try:
@@ -250,7 +250,7 @@ async def test_outage_then_recovery_without_probing_redis_on_every_request(
 
 async def test_a_stalled_redis_counts_as_down_within_the_timeout_and_its_late_replies_reach_no_one(
         redis_url: str, redis_prefix: str) -> None:
-    """The client's timeouts (``redis_client``) must catch a Redis that takes commands but does not
+    """The client's timeout (its watchdog) must catch a Redis that takes commands but does not
     answer, and a reply that arrives after its call gave up must not be read as the answer to a
     later call on the same connection."""
     target = aioredis.from_url(redis_url)
@@ -258,7 +258,7 @@ async def test_a_stalled_redis_counts_as_down_within_the_timeout_and_its_late_re
     await target.aclose()
     async with SwitchableProxy(port) as proxy:
         proxy.forwarding = True
-        client = redis_client(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
+        client = RedisClient.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout_s=0.25)
         store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix,
                                   backoff_initial_s=0.3, backoff_max_s=0.3)
         try:
@@ -281,14 +281,15 @@ async def test_a_stalled_redis_counts_as_down_within_the_timeout_and_its_late_re
             await client.aclose()
 
 
-async def test_more_concurrent_calls_than_connections_wait_for_one_instead_of_failing_over(
-        redis_url: str, redis_prefix: str) -> None:
-    """A burst beyond the pool (here 300 calls on 4 connections) is local load, not a Redis outage.
+@pytest.mark.parametrize("connections", [1, 4])
+async def test_more_concurrent_calls_than_connections_share_them_instead_of_failing_over(
+        redis_url: str, redis_prefix: str, connections: int) -> None:
+    """A burst (here 300 calls on 1 or 4 pipelined connections) is local load, not a Redis outage.
 
     redis-py's default pool raised "Too many connections" past 100 at once, which sent the store
     to its memory fallback mid-burst (and back): sessions flapped under load.
     """
-    client = redis_client(redis_url, 2.0, max_connections=4)
+    client = RedisClient.from_url(redis_url, timeout_s=2.0, connections=connections)
     store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, prefix=redis_prefix)
     await store.start()
     try:
@@ -324,15 +325,13 @@ async def test_recovery_writes_the_outage_events_and_clears_into_redis(redis_sto
     assert await store.recent("gus") == [ev(4, "skip"), ev(3, "like"), ev(2), ev(1), ev(0)]
     assert await store.recent("ivy") == [ev(7)]
     assert await store.recent("hal") == [ev(9)]
-    ttl = await store.client.ttl(store.key("ivy"))
+    ttl = await store.client.execute("TTL", store.key("ivy"))
     assert 0 < ttl <= TTL_S
     assert len(store.fallback) == 0
 
 
 async def test_a_failed_recovery_keeps_the_outage_events_for_the_next_attempt(
         redis_store: RedisSessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     store = redis_store
     store.link.backoff_initial_s = store.link.backoff_max_s = 0.1
     real_pipeline, failures = store.client.pipeline, [1]
@@ -376,7 +375,7 @@ def test_memory_drain_and_restore_keep_order_ttl_and_length() -> None:
 async def test_an_outage_beyond_the_memory_bound_counts_and_logs_every_dropped_listener(
         own_redis, musicrec_logs: list) -> None:
     """With Redis down, listeners past the bound used to vanish without a log line or a metric."""
-    client = redis_client(own_redis.url, 0.25)
+    client = RedisClient.from_url(own_redis.url, timeout_s=0.25)
     store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, fallback=MemorySessionStore(MAX_LEN, TTL_S, 100),
                               backoff_initial_s=0.05, backoff_max_s=0.1)
     await store.start()
@@ -404,13 +403,15 @@ async def test_an_outage_beyond_the_memory_bound_counts_and_logs_every_dropped_l
         await client.aclose()
 
 
-async def test_recovery_drops_the_pooled_connections_so_redis_does_not_flap(own_redis, musicrec_logs: list) -> None:
-    """Connections pooled before the outage were dead after it: each failed once, and the store flapped back."""
-    client = redis_client(own_redis.url, 0.25, max_connections=64)
+@pytest.mark.parametrize("connections", [1, 8])
+async def test_recovery_drops_the_old_connections_so_redis_does_not_flap(own_redis, musicrec_logs: list,
+                                                                        connections: int) -> None:
+    """Connections opened before the outage were dead after it: each failed once, and the store flapped back."""
+    client = RedisClient.from_url(own_redis.url, timeout_s=0.25, connections=connections)
     store = RedisSessionStore(client, max_len=MAX_LEN, ttl_s=TTL_S, backoff_initial_s=0.05, backoff_max_s=0.1)
     await store.start()
     try:
-        await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))  # ~40 pooled connections
+        await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))  # every connection opened
         own_redis.kill()
         await store.append("during", ev(1))
         assert store.status == "degraded"
@@ -420,7 +421,7 @@ async def test_recovery_drops_the_pooled_connections_so_redis_does_not_flap(own_
                 break
             await asyncio.sleep(0.05)
         assert store.status == "ok"
-        for _ in range(5):  # bursts that use many pooled connections at once
+        for _ in range(5):  # bursts that use every connection at once
             await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))
             await asyncio.gather(*(store.recent(f"c{i}") for i in range(40)))
         assert store.status == "ok"
@@ -431,12 +432,12 @@ async def test_recovery_drops_the_pooled_connections_so_redis_does_not_flap(own_
         await client.aclose()
 
 
-async def test_the_pool_waits_for_a_connection_only_when_requests_in_progress_are_unbounded(redis_url: str) -> None:
-    from redis.asyncio import BlockingConnectionPool
-
-    for max_in_flight, blocking in (("16", False), ("0", True)):
-        settings = Settings.from_env({"REDIS_URL": redis_url, "MAX_IN_FLIGHT": max_in_flight}, env_file=None)
+async def test_the_store_opens_the_configured_pipelined_connections_bounded_or_not(redis_url: str) -> None:
+    for max_in_flight, connections in (("16", "1"), ("0", "3")):
+        settings = Settings.from_env({"REDIS_URL": redis_url, "MAX_IN_FLIGHT": max_in_flight,
+                                      "REDIS_CONNECTIONS": connections}, env_file=None)
         async with open_session_store(settings) as store:
-            assert isinstance(store.client.connection_pool, BlockingConnectionPool) is blocking
-            assert store.client.connection_pool.max_connections == settings.redis_max_connections
-            assert store.status == "ok"
+            assert isinstance(store, RedisSessionStore) and store.client.connections == settings.redis_connections
+            await asyncio.gather(*(store.append(f"open-{i}", ev(i)) for i in range(20)))
+            assert store.status == "ok" and len(store.fallback) == 0
+            await asyncio.gather(*(store.clear(f"open-{i}") for i in range(20)))

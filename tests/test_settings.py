@@ -42,12 +42,12 @@ def test_values_are_converted_and_normalised() -> None:
     s = Settings.from_env({"ARTIFACTS_DIR": "/srv/art", "REDIS_URL": "memory://", "LOG_LEVEL": "debug",
                            "MODE": "ONLINE", "REDIS_TIMEOUT_S": "0.5", "KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:9093",
                            "RELOAD_POLL_S": "0", "FAISS_THREADS": "2", "ANSWER_CACHE_SIZE": "0",
-                           "REDIS_MAX_CONNECTIONS": "8", "SPOTIPY_CLIENT_ID": "id", "SPOTIPY_CLIENT_SECRET": "secret",
+                           "REDIS_CONNECTIONS": "2", "SPOTIPY_CLIENT_ID": "id", "SPOTIPY_CLIENT_SECRET": "secret",
                            "SPOTIFY_API_URL": "http://127.0.0.1:9/v1", "LOG_FORMAT": "JSON", "ACCESS_LOG": "yes"},
                           env_file=None)
     assert s.artifacts_dir == Path("/srv/art") and s.memory_sessions
     assert (s.log_level, s.mode, s.redis_timeout_s, s.reload_poll_s, s.faiss_threads) == ("DEBUG", "online", 0.5, 0.0, 2)
-    assert (s.answer_cache_size, s.redis_max_connections) == (0, 8)
+    assert (s.answer_cache_size, s.redis_connections) == (0, 2)
     assert s.kafka_enabled
     assert (s.spotify_api_url, s.log_format, s.access_log) == ("http://127.0.0.1:9/v1/", "json", True)
     assert s.spotify_config().api_url == "http://127.0.0.1:9/v1/"  # the online client is pointed where it says
@@ -73,7 +73,9 @@ def test_in_process_sessions_refuse_more_than_one_worker() -> None:
     ("REDIS_TIMEOUT_S", "0"), ("REDIS_TIMEOUT_S", "nan"), ("MODE", "batch"), ("LOG_LEVEL", "LOUD"),
     ("REDIS_URL", "http://cache:6379"), ("KAFKA_BOOTSTRAP_SERVERS", "broker-without-port"),
     ("KAFKA_TOPIC", "has space"), ("HOST", ""), ("RELOAD_POLL_S", "-1"),
-    ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_MAX_CONNECTIONS", "0"),
+    ("ANSWER_CACHE_SIZE", "-1"), ("ANSWER_CACHE_SIZE", "many"), ("REDIS_CONNECTIONS", "0"),
+    ("REDIS_CONNECTIONS", "65"), ("REDIS_URL", "redis://cache:port/0"), ("REDIS_URL", "redis://cache/zero"),
+    ("REDIS_URL", "redis://cache/0?ssl_cert_reqs=none"),
     ("LOG_FORMAT", "xml"), ("ACCESS_LOG", "sometimes"), ("SPOTIFY_API_URL", "ftp://x"), ("ARTIFACTS_DIR", ""),
     ("MEMORY_SESSION_LIMIT", "0"), ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_BYTES", "16k"), ("REQUEST_TIMEOUT_S", "0"),
     ("REQUEST_TIMEOUT_S", "inf"),
@@ -178,10 +180,14 @@ def test_request_limits_have_sane_defaults_and_are_read() -> None:
     assert (s.max_header_bytes, s.request_timeout_s) == (32768, 2.5)
 
 
-def test_max_in_flight_is_bounded_by_the_redis_pool() -> None:
+def test_max_in_flight_is_independent_of_the_redis_connections() -> None:
+    """The pipelined client never makes a request wait for a connection, so no bound ties the two any more."""
     assert Settings.from_env({}, env_file=None).max_in_flight == 16
     assert Settings.from_env({"MAX_IN_FLIGHT": "0"}, env_file=None).max_in_flight == 0
-    assert Settings.from_env({"MAX_IN_FLIGHT": "64", "REDIS_MAX_CONNECTIONS": "64"}, env_file=None).max_in_flight == 64
-    assert Settings.from_env({"MAX_IN_FLIGHT": "500", "REDIS_URL": "memory://"}, env_file=None).max_in_flight == 500
-    with pytest.raises(SettingsError, match="MAX_IN_FLIGHT must not exceed REDIS_MAX_CONNECTIONS"):
-        Settings.from_env({"MAX_IN_FLIGHT": "65"}, env_file=None)
+    s = Settings.from_env({"MAX_IN_FLIGHT": "500"}, env_file=None)
+    assert (s.max_in_flight, s.redis_connections) == (500, 1)
+
+
+def test_the_pool_size_setting_is_refused_by_name_not_silently_ignored() -> None:
+    with pytest.raises(SettingsError, match="REDIS_MAX_CONNECTIONS is no longer read.*REDIS_CONNECTIONS"):
+        Settings.from_env({"REDIS_MAX_CONNECTIONS": "64"}, env_file=None)

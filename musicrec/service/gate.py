@@ -97,9 +97,7 @@ class WindowCounters:
             count.sending += amount
             key = f"{self.prefix}rate:{bucket}:{identity}:{window}"
             try:
-                async with link.client.pipeline(transaction=False) as pipe:
-                    pipe.incrby(key, amount).expire(key, self.window_s + 1)
-                    total, _ = await pipe.execute()
+                total, _ = await link.client.pipeline(((b"INCRBY", key, amount), (b"EXPIRE", key, self.window_s + 1)))
                 count.synced = max(count.synced, int(total) - count.sending + amount)
             except REDIS_DOWN as exc:
                 count.pending += amount  # counted here still; added to Redis once it answers again

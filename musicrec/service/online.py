@@ -81,7 +81,7 @@ class TrackCache:
         key = CACHE_PREFIX + track_id
         if self.link is not None and self.link.up:
             try:
-                return await self.link.client.get(key)
+                return await self.link.client.execute(b"GET", key)
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
         return self._memory.get(key)
@@ -91,7 +91,7 @@ class TrackCache:
         self._memory.put(key, value, ttl_s)
         if self.link is not None and self.link.up:
             try:
-                await self.link.client.set(key, value, ex=ttl_s)
+                await self.link.client.execute(b"SET", key, value, b"EX", ttl_s)
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
 

@@ -24,12 +24,9 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Final, Protocol, cast
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from musicrec.service.lru import LRU
+from musicrec.service.resp import RedisClient, RedisError
 
 if TYPE_CHECKING:
     from musicrec.service.settings import Settings
@@ -37,8 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX: Final = "musicrec:"
-# What an outage looks like from redis-py: its own errors (ConnectionError, TimeoutError, ...),
-# plus OS-level socket errors and asyncio timeouts that can escape around them.
+# What an outage looks like from the client (musicrec.service.resp): its own errors (lost connection,
+# timeout, an error reply), plus OS-level errors (TLS among them) and timeouts that could escape around them.
 REDIS_DOWN: Final = (RedisError, OSError, TimeoutError)
 
 
@@ -179,7 +176,7 @@ class RedisLink:
     closes the client it owns).
     """
 
-    def __init__(self, client: Redis, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
+    def __init__(self, client: RedisClient, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
         self.client = client
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -234,10 +231,10 @@ class RedisLink:
         while True:
             await asyncio.sleep(delay)
             try:
-                # The connections pooled before the outage are dead sockets (or, after a stall, hold
-                # replies nobody reads); kept, each would fail once after recovery and flap every user
-                # back to memory. Close them all: every call after recovery opens a fresh one.
-                await self.client.connection_pool.disconnect()
+                # A connection from before the outage may be a dead socket the client has not noticed
+                # yet (or, after a stall, hold replies nobody reads); kept, it would fail once after
+                # recovery and flap every user back to memory. Drop it: the probe opens a fresh one.
+                self.client.disconnect()
                 await self.client.ping()
                 for hook in self._recover_hooks:
                     await hook()
@@ -254,12 +251,12 @@ class RedisLink:
 class RedisSessionStore:
     """Sessions in Redis lists (``LPUSH`` newest, ``LTRIM`` to length, ``EXPIRE`` on write).
 
-    The client is injected (its socket timeouts bound every call), alone or as the worker's
+    The client is injected (its timeout bounds every call), alone or as the worker's
     shared ``link``; ``open_session_store`` builds one from settings. Without a ``link`` the
     store makes its own, and then ``start()`` and ``close()`` are its to call.
     """
 
-    def __init__(self, client: Redis, *, max_len: int, ttl_s: int, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: RedisClient, *, max_len: int, ttl_s: int, prefix: str = DEFAULT_PREFIX,
                  fallback: MemorySessionStore | None = None, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 10.0, link: RedisLink | None = None) -> None:
         self.link = link or RedisLink(client, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
@@ -295,9 +292,8 @@ class RedisSessionStore:
         if self.link.up:
             key = self.key(client_id)
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.lpush(key, _encode(event)).ltrim(key, 0, self.max_len - 1).expire(key, self.ttl_s)
-                    await pipe.execute()
+                await self.client.pipeline(((b"LPUSH", key, _encode(event)), (b"LTRIM", key, 0, self.max_len - 1),
+                                            (b"EXPIRE", key, self.ttl_s)))
                 return
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
@@ -306,7 +302,7 @@ class RedisSessionStore:
     async def recent(self, client_id: str) -> list[SessionEvent]:
         if self.link.up:
             try:
-                raw = await self.client.lrange(self.key(client_id), 0, self.max_len - 1)
+                raw = await self.client.execute(b"LRANGE", self.key(client_id), 0, self.max_len - 1)
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
             else:
@@ -317,11 +313,10 @@ class RedisSessionStore:
         """One pipeline (push, trim, expire, read): half the Redis round trips of append + recent."""
         if self.link.up:
             key = self.key(client_id)
+            last = self.max_len - 1
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.lpush(key, _encode(event)).ltrim(key, 0, self.max_len - 1).expire(key, self.ttl_s)
-                    pipe.lrange(key, 0, self.max_len - 1)
-                    replies = await pipe.execute()
+                replies = await self.client.pipeline(((b"LPUSH", key, _encode(event)), (b"LTRIM", key, 0, last),
+                                                      (b"EXPIRE", key, self.ttl_s), (b"LRANGE", key, 0, last)))
                 return self._decode_all(client_id, replies[-1])
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
@@ -331,7 +326,7 @@ class RedisSessionStore:
     async def clear(self, client_id: str) -> None:
         if self.link.up:
             try:
-                await self.client.delete(self.key(client_id))
+                await self.client.execute(b"DEL", self.key(client_id))
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
         if not self.link.up:  # Redis still holds the old session: delete it there on recovery
@@ -374,15 +369,15 @@ class RedisSessionStore:
             done = 0
             try:
                 if cleared:
-                    await self.client.delete(*(self.key(c) for c in cleared))
+                    await self.client.execute(b"DEL", *(self.key(c) for c in cleared))
                     cleared = set()
                 for start in range(0, len(sessions), batch):
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for client_id, events, ttl_s in sessions[start:start + batch]:
-                            key = self.key(client_id)
-                            pipe.lpush(key, *(_encode(e) for e in reversed(events)))
-                            pipe.ltrim(key, 0, self.max_len - 1).expire(key, max(1, math.ceil(ttl_s)))
-                        await pipe.execute()
+                    commands: list[tuple[bytes | str | int, ...]] = []
+                    for client_id, events, ttl_s in sessions[start:start + batch]:
+                        key = self.key(client_id)
+                        commands += [(b"LPUSH", key, *(_encode(e) for e in reversed(events))),
+                                     (b"LTRIM", key, 0, self.max_len - 1), (b"EXPIRE", key, max(1, math.ceil(ttl_s)))]
+                    await self.client.pipeline(commands)
                     done = min(start + batch, len(sessions))
             except REDIS_DOWN:
                 self._cleared |= cleared
@@ -392,37 +387,16 @@ class RedisSessionStore:
             written += len(sessions)
 
 
-def redis_client(url: str, timeout_s: float, max_connections: int = 64, *, blocking: bool = True) -> Redis:
-    """A redis.asyncio client whose every call is bounded by ``timeout_s`` and never retried.
-
-    redis-py retries connection errors 3 times with backoff by default; here a failed call
-    should fail fast and let the store fall back, so retries are off.
-
-    ``blocking``: the pool waits (up to ``timeout_s``) when all ``max_connections`` are busy.
-    redis-py's default pool raises "Too many connections" at once instead, so a burst of more
-    than 100 concurrent requests in one worker looked like a Redis outage (benchmarks/README.md).
-    When the service bounds its requests in progress to at most ``max_connections``
-    (``MAX_IN_FLIGHT``) the pool is never short, and the plain pool costs less per call
-    (about a third of a session read, measured) than the blocking one's condition and timer.
-    """
-    kwargs = dict(max_connections=max_connections, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
-    if blocking:
-        return Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=timeout_s, **kwargs))
-    return Redis.from_pool(ConnectionPool.from_url(url, **kwargs))
-
-
 @asynccontextmanager
 async def open_redis_link(settings: "Settings") -> AsyncIterator[RedisLink | None]:
     """The worker's Redis link from settings (None with ``memory://``), started; stopped and its client closed on exit."""
     if settings.memory_sessions:
         yield None
         return
-    # Requests in progress are bounded by the pool size (Settings checks it) and each uses one
-    # connection at a time, so only an unbounded service needs the pool to wait; the link's own
-    # probe and the replay run while requests use memory.
-    link = RedisLink(redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections,
-                                  blocking=settings.max_in_flight == 0))
+    # One client per worker: its pipelined connection(s) carry every concurrent request's calls, so
+    # no request waits for a connection (the pool redis-py needed did, and that read as an outage).
+    link = RedisLink(RedisClient.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                                          connections=settings.redis_connections))
     try:
         await link.start()
         yield link

@@ -21,6 +21,7 @@ from musicrec.config import (
     COMMON_HELP, CommonSettings, EnvParser, SettingsError, boolean, finite_float, mask_url, parse_common, read_env,
     usable_cores,
 )
+from musicrec.service.resp import RedisAddress
 
 __all__ = ["Settings", "SettingsError", "mask_url", "usable_cores", "SERVICE_HELP"]
 
@@ -47,8 +48,9 @@ class Settings(CommonSettings):
     """Undelivered Kafka events are written here at shutdown and sent on the next start; None (``EVENT_SPILL_DIR=``)
     turns that off."""
     redis_timeout_s: float = 0.25
-    redis_max_connections: int = 64
-    """Redis connections per worker; a request waits (up to ``redis_timeout_s``) for a free one."""
+    redis_connections: int = 1
+    """Pipelined Redis connections per worker (musicrec.service.resp): concurrent requests share them, none
+    waits for one; more than one only spreads the calls round robin."""
     memory_session_limit: int = 100_000
     """Listeners the in-process store keeps per worker (``memory://``, or Redis down); past it the least
     recently seen are dropped, counted and logged."""
@@ -80,9 +82,7 @@ class Settings(CommonSettings):
     admin_rate_limit_per_min: int = 10
     """Requests a minute per client address to /admin/* (and token attempts on private /metrics, /readyz); 0 = none."""
     max_in_flight: int = 16
-    """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit.
-    At most ``redis_max_connections``: a request beyond the pool waited for a connection, and that wait
-    timing out read as a Redis outage (benchmarks/README.md, the overload collapse)."""
+    """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit."""
     ops_details: Literal["public", "private"] = "public"
     """``private``: /metrics and /readyz's details need ``Authorization: Bearer $ADMIN_TOKEN`` (/healthz stays open)."""
     max_header_bytes: int = 16 * 1024
@@ -127,17 +127,17 @@ def _parse(values: Mapping[str, str]) -> Settings:
         host=p.get("HOST", d.host, str, bool, "a non-empty host name or address"),
         port=p.get("PORT", d.port, int, lambda v: 1 <= v <= 65535, "an integer in 1..65535"),
         workers=p.get("WORKERS", d.workers, _workers, lambda v: v is None or v >= 1, "'auto' or an integer >= 1"),
-        redis_url=p.get("REDIS_URL", d.redis_url, str, lambda u: urlsplit(u).scheme in REDIS_SCHEMES,
-                        f"a URL with scheme {'/'.join(REDIS_SCHEMES)} (e.g. redis://host:6379/0 or memory://)",
-                        show=lambda raw: repr(mask_url(raw))),
+        redis_url=p.get("REDIS_URL", d.redis_url, _redis_url, None,
+                        f"a URL with scheme {'/'.join(REDIS_SCHEMES)} (e.g. redis://[:password@]host:6379/0 or "
+                        f"memory://), no options but db", show=lambda raw: repr(mask_url(raw))),
         session_ttl_s=p.get("SESSION_TTL_S", d.session_ttl_s, int, lambda v: v > 0, "an integer number of seconds > 0"),
         session_len=p.get("SESSION_LEN", d.session_len, int, lambda v: 1 <= v <= 1000, "an integer in 1..1000"),
         event_buffer_size=p.get("EVENT_BUFFER_SIZE", d.event_buffer_size, int, lambda v: v >= 1, "an integer >= 1"),
         event_spill_dir=p.get("EVENT_SPILL_DIR", d.event_spill_dir, lambda raw: Path(raw) if raw else None),
         redis_timeout_s=p.get("REDIS_TIMEOUT_S", d.redis_timeout_s, finite_float, lambda v: 0 < v <= 60,
                               "a number of seconds in (0, 60]"),
-        redis_max_connections=p.get("REDIS_MAX_CONNECTIONS", d.redis_max_connections, int, lambda v: 1 <= v <= 10_000,
-                                    "an integer in 1..10000"),
+        redis_connections=p.get("REDIS_CONNECTIONS", d.redis_connections, int, lambda v: 1 <= v <= 64,
+                                "an integer in 1..64"),
         memory_session_limit=p.get("MEMORY_SESSION_LIMIT", d.memory_session_limit, int,
                                    lambda v: 1 <= v <= 100_000_000, "an integer in 1..100000000"),
         mode=cast(Mode, p.get("MODE", d.mode, str.lower, lambda v: v in MODES, f"one of {', '.join(MODES)}")),
@@ -172,10 +172,10 @@ def _parse(values: Mapping[str, str]) -> Settings:
                                 "a number of seconds in (0, 600]"),
     )
     p.errors.extend(settings.kafka_security.problems())
-    if not settings.memory_sessions and settings.max_in_flight > settings.redis_max_connections:
-        p.errors.append(f"MAX_IN_FLIGHT must not exceed REDIS_MAX_CONNECTIONS (a request beyond the pool waits "
-                        f"for a connection, and that wait timing out reads as a Redis outage), got "
-                        f"{settings.max_in_flight} with REDIS_MAX_CONNECTIONS={settings.redis_max_connections}")
+    if "REDIS_MAX_CONNECTIONS" in values:
+        p.errors.append("REDIS_MAX_CONNECTIONS is no longer read: the Redis client pipelines every request's calls "
+                        "on REDIS_CONNECTIONS connections per worker (default 1), so no request waits for one; "
+                        "remove it")
     if settings.memory_sessions and (settings.workers or 1) > 1:
         p.errors.append(f"WORKERS must be 1 or 'auto' with REDIS_URL=memory:// (each worker would keep its own "
                         f"sessions), got {settings.workers}")
@@ -186,6 +186,15 @@ def _parse(values: Mapping[str, str]) -> Settings:
                             "without them every song outside the catalog would fail")
     p.raise_errors()
     return settings
+
+
+def _redis_url(raw: str) -> str:
+    """``raw`` if the Redis client can use it (scheme, port, db, options), else ValueError; memory:// as is."""
+    if urlsplit(raw).scheme not in REDIS_SCHEMES:
+        raise ValueError("scheme")
+    if not raw.startswith("memory://"):
+        RedisAddress.from_url(raw)
+    return raw
 
 
 def _api_keys(raw: str) -> tuple[str, ...]:
@@ -215,7 +224,7 @@ SERVICE_HELP: Final = {
     "WORKERS": "uvicorn worker processes; auto: one per usable core (1 with memory:// sessions)",
     "REDIS_URL": "session store and online-track cache; memory:// keeps both in-process",
     "REDIS_TIMEOUT_S": "a slower Redis answer counts as down (in-process fallback until it recovers)",
-    "REDIS_MAX_CONNECTIONS": "Redis connections per worker; beyond that a request waits up to REDIS_TIMEOUT_S",
+    "REDIS_CONNECTIONS": "pipelined Redis connections per worker, shared by all its requests (none waits for one)",
     "SESSION_TTL_S": "seconds a listener's session lives after its last event",
     "SESSION_LEN": "events kept per listener",
     "MEMORY_SESSION_LIMIT": "listeners the in-process session store keeps per worker (memory://, or Redis down); "
@@ -239,8 +248,7 @@ SERVICE_HELP: Final = {
     "RATE_LIMIT_PER_MIN": "requests a minute per client address from callers without an API key (0 = no limit)",
     "API_KEY_RATE_LIMIT_PER_MIN": "requests a minute per API key (0 = no limit)",
     "ADMIN_RATE_LIMIT_PER_MIN": "requests a minute per address to /admin/* and admin-token attempts (0 = no limit)",
-    "MAX_IN_FLIGHT": "requests one worker serves at once; more are answered 503 at once (<= REDIS_MAX_CONNECTIONS; "
-                     "0 = no limit)",
+    "MAX_IN_FLIGHT": "requests one worker serves at once; more are answered 503 at once (0 = no limit)",
     "OPS_DETAILS": "public, or private: /metrics needs the admin token and /readyz tells others only its status",
     "FAISS_THREADS": "FAISS/BLAS threads per worker",
     "ANSWER_CACHE_SIZE": "encoded answers kept per worker by exact session state (0 = off)",
