@@ -7,6 +7,7 @@ does not, a restarted Redis is reconnected to, and the URL's password and databa
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 import subprocess
 import time
@@ -21,6 +22,7 @@ from musicrec.service.resp import (RedisAddress, RedisClient, RedisConnectionErr
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=[pytest.param(("asyncio", {}), id="asyncio"),
@@ -270,3 +272,16 @@ def test_the_password_is_not_in_the_address_repr_or_str() -> None:
     address = RedisAddress.from_url("redis://app:hunter2-pw@cache:6379/1")
     assert "hunter2" not in repr(address) and "hunter2" not in str(address)
     assert address.handshake() == [("AUTH", "app", "hunter2-pw"), ("SELECT", 1)]
+
+
+
+def test_no_musicrec_module_imports_redis_py() -> None:
+    """One Redis mechanism. (spotipy, which the service imports, still loads redis-py for a cache
+    handler of its own that is never used here, so this reads the source rather than sys.modules.)"""
+    offenders = []
+    for path in sorted((REPO / "musicrec").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "redis" or n.startswith("redis.")]
+    assert offenders == []
