@@ -177,7 +177,11 @@ class _Connection(asyncio.Protocol):
         loop = self._loop
         fut = loop.create_future()
         self._pending.append((fut, expected, None if expected == 1 else [], loop.time()))
-        self._transport.write(data)  # type: ignore[union-attr]  # set before the client hands it out
+        try:
+            self._transport.write(data)  # type: ignore[union-attr]  # set before the client hands it out
+        except RuntimeError as exc:  # uvloop: the transport closed before connection_lost reached us
+            self.fail(RedisConnectionError(f"connection to redis closed ({exc})"))
+            return fut
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._look)
         return fut
