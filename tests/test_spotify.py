@@ -363,7 +363,7 @@ async def test_online_lookups_work_while_redis_is_down_and_readyz_says_so(
 @pytest_anyio
 async def test_the_track_cache_uses_the_sessions_redis_client_and_recovers_with_it(
         fake: FakeSpotify, demo_artifacts: Path, redis_url: str) -> None:
-    """One pooled client and one outage state: Redis away at start, both fall back; back, both use it."""
+    """One client and one outage state: Redis away at start, both fall back; back, both use it."""
     import redis.asyncio as aioredis
 
     from tests.test_sessions import SwitchableProxy
