@@ -86,6 +86,32 @@ def test_a_version_with_bad_contents_is_refused_at_start_with_one_line(demo_arti
     assert len(errors) == 1 and "neighbours.npy holds values" in errors[0], done.stderr
 
 
+def test_workers_skip_hashing_the_version_serve_verified_and_only_that_one(demo_artifacts: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from litestar.testing import TestClient
+
+    from musicrec.index import artifacts
+    from musicrec.service.main import create_app
+    from musicrec.service.settings import Settings
+
+    hashed: list[str] = []
+    real_sha = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or real_sha(path, *a))
+    copy = tmp_path / "v"
+    shutil.copytree(demo_artifacts, copy)
+    settings = Settings.from_env({"ARTIFACTS_DIR": str(copy), "REDIS_URL": "memory://", "RELOAD_POLL_S": "0"},
+                                 env_file=None)
+    verified = artifacts.fingerprint(copy)
+    with TestClient(create_app(settings, verified=verified)) as client:
+        assert client.get("/readyz").status_code == 200
+    assert hashed == []  # the fingerprint matched: the files were not hashed again
+    manifest = copy / artifacts.MANIFEST
+    manifest.write_bytes(manifest.read_bytes() + b"\n")  # the same version dir, another manifest: not the one verified
+    with TestClient(create_app(settings, verified=verified)) as client:
+        assert client.get("/readyz").status_code == 200
+    assert artifacts.EMBEDDINGS in hashed
+
+
 def test_bad_settings_are_refused_at_start_with_one_line(demo_artifacts: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "musicrec.service"], cwd=tmp_path, capture_output=True, text=True,
                           env=service_env(demo_artifacts, free_port(), SESSION_LEN="many"), timeout=60)

@@ -140,6 +140,20 @@ def resolve_version_dir(path: str | Path) -> Path:
     raise ArtifactError(f"{path}: neither a version directory (no {MANIFEST}) nor a root with '{CURRENT}'")
 
 
+def fingerprint(path: str | Path) -> str:
+    """Which version ``path`` is now, exactly: its directory and its manifest's hash (which holds every file's).
+
+    ``musicrec serve`` verifies the version once and hands its workers this fingerprint, so they
+    skip hashing the same bytes again (most of a large catalog's start-up); a different or changed
+    version does not match and is verified as usual.
+    """
+    version_dir = resolve_version_dir(path).resolve()
+    try:
+        return f"{version_dir}:{hashlib.sha256((version_dir / MANIFEST).read_bytes()).hexdigest()}"
+    except OSError as exc:
+        raise ArtifactError(f"{version_dir / MANIFEST}: cannot read the manifest: {exc}") from exc
+
+
 def read_manifest(version_dir: Path) -> Manifest:
     try:
         manifest = msgspec.json.decode((version_dir / MANIFEST).read_bytes(), type=Manifest)

@@ -24,6 +24,7 @@ from musicrec.service import admin, api, health
 from musicrec.web import handlers as web
 from musicrec.web.assets import static_files_router
 from musicrec.service.answers import AnswerCache
+from musicrec.index.artifacts import fingerprint
 from musicrec.index.engine import Engine, EngineHolder, configure_faiss_threads
 from musicrec.service.errors import EXCEPTION_HANDLERS
 from musicrec.service.events import EventSink, open_event_sink
@@ -57,7 +58,14 @@ class Resources:
     """Online mode's Spotify client (a test's points at a fake); None: one from settings."""
 
 
-def create_app(settings: Settings | None = None, *, resources: Resources | None = None) -> Litestar:
+def _load_engine(path: Path, verified: str | None) -> Engine:
+    return Engine.load(path, verify=verified is None or verified != fingerprint(path))
+
+
+def create_app(settings: Settings | None = None, *, resources: Resources | None = None,
+               verified: str | None = None) -> Litestar:
+    """The app; ``verified``: the fingerprint of a version the caller has verified (``musicrec serve``), loaded
+    without hashing its files again when it is still the one ``settings`` name."""
     settings = settings or Settings.from_env()
     given = resources or Resources()
     metrics = ServiceMetrics()
@@ -70,7 +78,7 @@ def create_app(settings: Settings | None = None, *, resources: Resources | None 
             configure_faiss_threads(settings.faiss_threads)
             # `is None`, not `or`: a given resource may be falsy (an empty MemorySessionStore has len 0).
             engine = given.engine if given.engine is not None else \
-                await anyio.to_thread.run_sync(Engine.load, settings.artifacts_dir)
+                await anyio.to_thread.run_sync(_load_engine, settings.artifacts_dir, verified)
             # One Redis client and outage state per worker, for the sessions and the online-track cache alike.
             needs_redis = given.sessions is None or settings.mode == "online"
             link = await stack.enter_async_context(open_redis_link(settings)) if needs_redis else None

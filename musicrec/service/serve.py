@@ -30,6 +30,8 @@ from musicrec.service.settings import SERVICE_HELP, Settings, SettingsError
 log = logging.getLogger("musicrec.serve")
 OVERRIDES = {"host": "HOST", "port": "PORT", "workers": "WORKERS", "artifacts": "ARTIFACTS_DIR"}
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+VERIFIED_ENV = "MUSICREC_VERIFIED_ARTIFACTS"
+"""Set by ``musicrec serve`` for its workers: the fingerprint of the version it has just verified."""
 
 
 def epilog() -> str:
@@ -56,10 +58,15 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
 
 
 def check_artifacts(settings: Settings) -> str:
-    """Load and verify the artefacts the workers will load; ArtifactError names what is wrong."""
-    from musicrec.index.artifacts import load_artifacts
+    """Load and verify the artefacts the workers will load; ArtifactError names what is wrong.
+
+    The workers inherit the version's fingerprint (``VERIFIED_ENV``) and load it without hashing its
+    files again: the checksums were just compared here, and the arrays are still checked there.
+    """
+    from musicrec.index.artifacts import fingerprint, load_artifacts
 
     artifacts = load_artifacts(settings.artifacts_dir)
+    os.environ[VERIFIED_ENV] = fingerprint(artifacts.path)
     return (f"{artifacts.model_version} ({artifacts.manifest.n_tracks} tracks"
             + (", SYNTHETIC DEMO catalog" if artifacts.manifest.demo else "") + f") at {artifacts.path}")
 
