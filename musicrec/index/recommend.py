@@ -125,6 +125,24 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Ranked:
+    """An answer as columns, best first: what ``recommend`` returns as Hits, one list per field.
+
+    Why: the service shapes its answer from whole columns (one gather per field of the track
+    table) instead of reading a Hit per track; a frozen dataclass per hit is most of the cost
+    of building the list when nothing else needs it.
+    """
+
+    rows: list[int]
+    scores: list[float]
+    because: list[int]  # seed rows, -1 for cold-start picks
+    reasons: list[str]
+
+    def hits(self) -> list[Hit]:
+        return [Hit(r, s, b, why) for r, s, b, why in zip(self.rows, self.scores, self.because, self.reasons)]
+
+
+@dataclass(frozen=True)
 class SessionQuery:
     """What a session's events mean for scoring: seeds, negatives and rows to leave out."""
 
@@ -193,10 +211,14 @@ class Recommender:
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
+        return self.rank(query).hits()
+
+    def rank(self, query: Query) -> Ranked:
+        """``recommend``'s answer as columns (see ``Ranked``)."""
         if query.k < 1:
-            return []
+            return Ranked([], [], [], [])
         if not query.seeds:
-            return self.popular(query.k, query.filters, query.exclude)
+            return self._popular(query.k, query.filters, query.exclude)
         p = self.params
         seed_rows = np.fromiter((s.row for s in query.seeds), dtype=np.int64, count=len(query.seeds))
         weights = np.fromiter((s.weight for s in query.seeds), dtype=np.float32, count=len(query.seeds))
@@ -223,7 +245,7 @@ class Recommender:
                 break  # a search this deep costs as much as the exact scan below
             ann = self._search(seed_rows, seed_vecs, depth)
             hits = self._score(_unique(np.concatenate([ann.astype(np.int64, copy=False), affinity_rows])), ctx)
-            if len(hits) >= query.k:
+            if len(hits.rows) >= query.k:
                 return hits
             depth *= 4
         # Exact fallback: every row that passes the filters, so k hits come back whenever k exist.
@@ -241,6 +263,9 @@ class Recommender:
         return ann[ann >= 0]
 
     def popular(self, k: int, filters: Filters = Filters(), exclude: Sequence[int] = ()) -> list[Hit]:
+        return self._popular(k, filters, exclude).hits()
+
+    def _popular(self, k: int, filters: Filters, exclude: Sequence[int]) -> Ranked:
         """Cold start: popular tracks spread across genres, honouring filters and exclusions.
 
         The first ``k`` songs of the cold-start order lie in a short prefix of it, so only a
@@ -261,10 +286,11 @@ class Recommender:
                 break
             size *= 4
         order = order[np.sort(first)][:k]
-        return [Hit(int(r), float(self.tracks.popularity[r]) / 100.0, -1, POPULAR) for r in order]
+        scores = [p / 100.0 for p in self.tracks.popularity.take(order).tolist()]
+        return Ranked(order.tolist(), scores, [-1] * len(order), [POPULAR] * len(order))
 
     # -- internals ------------------------------------------------------------------------
-    def _score(self, candidates: np.ndarray, ctx: "_Context") -> list[Hit]:
+    def _score(self, candidates: np.ndarray, ctx: "_Context") -> Ranked:
         """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first.
 
         Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
@@ -276,7 +302,7 @@ class Recommender:
         if q.filters.active:
             candidates = candidates[self._filter_mask(candidates, q.filters)]
         if not len(candidates):
-            return []
+            return Ranked([], [], [], [])
         vecs = self._rows(candidates)
         # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (wins).
         linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
@@ -312,9 +338,7 @@ class Recommender:
             order = order[:q.k]
         best_seed = per_seed[:, order].argmax(axis=0)
         reasons = _reasons(linked[best_seed, order] if linked is not None else None, len(order))
-        because = ctx.seed_rows[best_seed].tolist()
-        return [Hit(r, s, b, why) for r, s, b, why in
-                zip(candidates[order].tolist(), score[order].tolist(), because, reasons)]
+        return Ranked(candidates[order].tolist(), score[order].tolist(), ctx.seed_rows[best_seed].tolist(), reasons)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         return self._vectors.take(rows, axis=0).astype(np.float32, copy=False)

@@ -15,7 +15,7 @@ from musicrec.service.schemas import (
 )
 from musicrec.service.sessions import SessionEvent
 from musicrec.data.events import EVENT_TYPES, TYPE_ALIASES, Event
-from musicrec.index.recommend import Filters, Hit, Query, Seed, seeds_from_events
+from musicrec.index.recommend import Filters, Query, Ranked, Seed, seeds_from_events
 
 _encode = msgspec.json.encode
 
@@ -67,12 +67,20 @@ def resolve_rows(engine: Engine, ids: Sequence[str]) -> tuple[list[int], list[st
     return rows, unknown
 
 
-def _recommended(engine: Engine, hits: list[Hit]) -> list[RecommendedTrack]:
-    t = engine.tracks
-    return [RecommendedTrack(id=t.ids[h.row], name=t.name[h.row], artist=t.artist[h.row], album=t.album[h.row],
-                             genre=t.genre[h.row], popularity=int(t.popularity[h.row]), score=round(h.score, 6),
-                             because=t.ids[h.because] if h.because >= 0 else None, reason=h.reason)
-            for h in hits]
+def _because_ids(engine: Engine, because: list[int]) -> list[str | None]:
+    ids = engine.tracks.ids
+    return ids.take(because).tolist() if because and min(because) >= 0 else \
+        [ids[b] if b >= 0 else None for b in because]
+
+
+def _recommended(engine: Engine, ranked: Ranked) -> list[RecommendedTrack]:
+    t, rows = engine.tracks, ranked.rows
+    return [RecommendedTrack(id=i, name=n, artist=a, album=al, genre=g, popularity=p, score=round(s, 6), because=b,
+                             reason=why)
+            for i, n, a, al, g, p, s, b, why in zip(
+                t.ids.take(rows).tolist(), t.name.take(rows).tolist(), t.artist.take(rows).tolist(),
+                t.album.take(rows).tolist(), t.genre.take(rows).tolist(), t.popularity.take(rows).tolist(),
+                ranked.scores, _because_ids(engine, ranked.because), ranked.reasons)]
 
 
 def recommend_tracks(engine: Engine, req: RecommendRequest) -> RecommendResponse:
@@ -85,21 +93,19 @@ def recommend_tracks(engine: Engine, req: RecommendRequest) -> RecommendResponse
     seeds = [Seed(r, 1.0) for r in dict.fromkeys(rows)]
     query = Query(seeds=seeds, k=req.k, negatives=negatives, exclude=exclude, filters=to_filters(engine, req.filters),
                   diversity=req.diversity, artist_weight=req.artist_weight)
-    hits = engine.recommender.recommend(query)
-    return RecommendResponse(_recommended(engine, hits), engine.model_version, unknown)
+    return RecommendResponse(_recommended(engine, engine.recommender.rank(query)), engine.model_version, unknown)
 
 
 def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *, diversity: float = 0.0) -> list[SongRecommendation]:
     """The listener's next tracks from their recent events (newest first); popular ones when empty."""
     session = seeds_from_events(((e.type, e.track_id) for e in events), engine.tracks.row_of, engine.recommender.params)
     query = Query(seeds=session.seeds, k=k, negatives=session.negatives, exclude=session.seen, diversity=diversity)
-    hits = engine.recommender.recommend(query)
-    t = engine.tracks
-    ids, names, artists, genres, popularity = t.ids, t.name, t.artist, t.genre, t.popularity
-    # Built directly, not via RecommendedTrack (the hot path: one struct per track, not two).
-    return [SongRecommendation(ids[h.row], names[h.row], artists[h.row], genres[h.row], int(popularity[h.row]),
-                               round(h.score, 6), ids[h.because] if h.because >= 0 else None, h.reason)
-            for h in hits]
+    ranked = engine.recommender.rank(query)
+    t, rows = engine.tracks, ranked.rows
+    # Built directly from whole columns, not via Hits or RecommendedTrack (the hot path).
+    return [SongRecommendation(i, n, a, g, p, round(s, 6), b, why) for i, n, a, g, p, s, b, why in zip(
+        t.ids.take(rows).tolist(), t.name.take(rows).tolist(), t.artist.take(rows).tolist(), t.genre.take(rows).tolist(),
+        t.popularity.take(rows).tolist(), ranked.scores, _because_ids(engine, ranked.because), ranked.reasons)]
 
 
 def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,
