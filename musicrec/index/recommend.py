@@ -304,7 +304,7 @@ class Recommender:
         if not len(candidates):
             return Ranked([], [], [], [])
         vecs = self._rows(candidates)
-        # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (wins).
+        # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (set last, wins).
         linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
             if ctx.artist_weight > 0 or ctx.colisten is not None else None
         # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
@@ -331,7 +331,7 @@ class Recommender:
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
             score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
-        order = _first_per_song(_ranking(score, popularity, need), t.song_key.take(candidates), need, score, popularity)
+        order = _first_per_song(_ranking(score, popularity, need), t.song_key, candidates, need, score, popularity)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
         else:
@@ -472,8 +472,9 @@ class NeighbourMemo:
             self.table = np.zeros((n, width), dtype=np.int32)
             self.filled = np.zeros(n, dtype=bool)
         else:  # precomputed at build time (``fill``): every row is there, nothing is written
-            self.table = table
+            self.table = np.asarray(table)  # a plain view of a memmap: cheaper to index per request
             self.filled = np.ones(n, dtype=bool)
+        self.complete = table is not None  # every row filled: a search reads, nothing to check
 
     @classmethod
     def for_index(cls, index: faiss.Index, n: int, min_depth: int, *, table: np.ndarray | None = None) -> "NeighbourMemo":
@@ -498,14 +499,15 @@ class NeighbourMemo:
             _, ann = index.search(np.ascontiguousarray(vectors[start:stop], dtype=np.float32), self.width)
             self.table[start:stop] = ann
         self.filled[:] = True
+        self.complete = True
         return self.table
 
     def serves(self, depth: int) -> bool:
         return depth <= self.width if self.prefix else depth == self.width
 
     def search(self, index: faiss.Index, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
-        missing = ~self.filled[seed_rows]
-        if missing.any():
+        missing = None if self.complete else ~self.filled[seed_rows]
+        if missing is not None and missing.any():
             rows = seed_rows[missing]
             _, ann = index.search(seed_vecs[missing], self.width)
             self.table[rows] = ann
@@ -584,11 +586,11 @@ def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
     return top * np.power(np.power(per_seed / scale, power).mean(axis=0), 1.0 / power)
 
 
-_REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED, CO_LISTENED], dtype=object)  # by link flags
+_REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED], dtype=object)  # by link flag
 
 
 def _reasons(linked: np.ndarray | None, count: int) -> list[str]:
-    """Each chosen (seed, candidate) cell's link flags as a reason: co-listening, then artist, else sound."""
+    """Each chosen (seed, candidate) cell's link flag as a reason: co-listening, artist, else sound."""
     if linked is None:
         return [SOUNDS_LIKE] * count
     return _REASON_OF[linked].tolist()
@@ -600,14 +602,16 @@ def _add_sparse(per_seed: np.ndarray, linked: np.ndarray, positions: np.ndarray,
 
     Only those cells change: adding weight · 0 elsewhere would leave every score as it is, so
     the dense a(s, c) or l(s, c) matrix is never built. A seed's rows are unique, so no cell repeats.
+    Cells are addressed by flat index (a 1-d gather and scatter cost half of a 2-d one), and the
+    flag is set, not or-ed: the later call's flag is the one that wins the reason anyway.
     """
     if not len(rows):
         return
     pos = positions[rows]
     hit = pos >= 0
-    cells_seed, cells_pos = seed[hit], pos[hit]
-    per_seed[cells_seed, cells_pos] += weight * value[hit]
-    linked[cells_seed, cells_pos] |= flag
+    cells = seed[hit] * per_seed.shape[1] + pos[hit]
+    per_seed.reshape(-1)[cells] += weight * value[hit]
+    linked.reshape(-1)[cells] = flag
 
 
 def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray:
@@ -626,17 +630,18 @@ def _ranking(score: np.ndarray, popularity: np.ndarray, need: int) -> np.ndarray
     return top[np.lexsort((-popularity[top], -score[top]))]
 
 
-def _first_per_song(order: np.ndarray, song_key: np.ndarray, need: int, score: np.ndarray,
+def _first_per_song(order: np.ndarray, song_key: np.ndarray, candidates: np.ndarray, need: int, score: np.ndarray,
                     popularity: np.ndarray) -> np.ndarray:
     """``order`` with every song after its first (best) id dropped; at least ``need`` long when possible.
 
     Deduplicating only a prefix of the ranking gives the same head as deduplicating it all,
-    and the head is all that is used. A short partial ranking (``_ranking``) is redone in full.
+    and the head is all that is used, so only the head's song keys are read. A short partial
+    ranking (``_ranking``) is redone in full.
     """
     prefix = need + 32
     while True:
         head = order[:prefix]
-        _, first = np.unique(song_key[head], return_index=True)
+        _, first = np.unique(song_key.take(candidates.take(head)), return_index=True)
         if len(first) >= need:
             return head[np.sort(first)]
         if prefix >= len(order):
