@@ -333,6 +333,54 @@ def test_hybrid_scores_match_brute_force(seed_rows, seed_weights, colisten_weigh
     assert [(h.because, h.reason) for h in hits] == [expected[h.row][2:] for h in hits]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    data_seed=st.integers(0, 2**32 - 1),
+    seeds=st.integers(2, 24),
+    width=st.integers(512, 4000),
+    power=st.sampled_from([1.5, 2.0, 4.0, 7.0]),
+    need=st.integers(1, 120),
+    songs=st.sampled_from([40, 400, 100_000]),
+    with_prior=st.booleans(),
+    with_penalty=st.booleans(),
+    spikes=st.sampled_from([0.0, 0.3, 0.8]),
+)
+def test_bounded_power_mean_ranks_the_head_as_the_whole_one(data_seed, seeds, width, power, need, songs, with_prior,
+                                                             with_penalty, spikes) -> None:
+    """``_scores`` with a ``need`` scores only the columns that can reach the head: the head is the same bits.
+
+    Oracle: every column scored (need 0). Songs listed twice (equal columns), few distinct songs
+    and zero cells make ties and deep deduplication that the floor must survive; columns with one
+    loud seed fill the first exactly scored columns with ones that rank low, so the floor is
+    low and the bound itself decides which columns are scored; columns where every seed agrees
+    score their bound exactly.
+    """
+    from musicrec.index.recommend import _first_per_song, _ranking, _scores
+
+    rng = np.random.default_rng(data_seed)
+    per_seed = rng.random((seeds, width), dtype=np.float32) * np.float32(rng.choice([0.5, 1.0, 3.0]))
+    per_seed[rng.random((seeds, width)) < 0.4] = 0.0
+    spiky = np.flatnonzero(rng.random(width) < spikes)  # one loud seed: a high max, a low mean
+    per_seed[:, spiky] = 0.0
+    per_seed[rng.integers(0, seeds, len(spiky)), spiky] = rng.random(len(spiky), dtype=np.float32) * np.float32(3.0)
+    flat = rng.integers(0, width, width // 4)  # every seed alike: the mean is the max, the bound is tight
+    per_seed[:, flat] = per_seed[0, flat]
+    twins = rng.integers(0, width, width // 10)
+    per_seed[:, twins] = per_seed[:, rng.integers(0, width, len(twins))]
+    candidates = np.sort(rng.choice(100_000, width, replace=False)).astype(np.int64)
+    song_key = rng.integers(0, songs, 100_000).astype(np.int32)
+    popularity = rng.integers(0, 101, width).astype(np.int16)
+    prior = (rng.choice([0.5, 4.0]) / 100.0) * popularity if with_prior else None
+    penalty = (0.25 * rng.random(width, dtype=np.float32)) if with_penalty else None
+
+    def head(score: np.ndarray) -> list[tuple[int, float]]:
+        order = _first_per_song(_ranking(score, popularity, need), song_key, candidates, need, score, popularity)
+        return [(int(i), float(score[i])) for i in order[:need]]
+
+    assert head(_scores(per_seed, power, prior, penalty, need, song_key, candidates)) == \
+        head(_scores(per_seed, power, prior, penalty, 0, song_key, candidates))
+
+
 def test_co_listened_tracks_are_candidates_even_when_they_sound_nothing_alike() -> None:
     seed = 7
     far = int(np.argmin(VECTORS @ VECTORS[seed]))  # the least similar track in the catalog
@@ -366,7 +414,7 @@ def test_scoring_in_threads_agrees_and_leaves_each_position_map_clean() -> None:
     alone = [rec.recommend(q) for q in queries]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(rec.recommend, queries * 3)) == alone * 3
-    assert (rec._scratch.positions == -1).all()
+    assert (rec._scratch.positions == -1).all() and rec._scratch.song_allowed.all()
 
 
 def test_the_api_offers_exactly_the_scorers_reasons() -> None:

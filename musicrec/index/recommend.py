@@ -233,7 +233,8 @@ class Recommender:
         artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
         ctx = _Context(query, p, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
                        self.tracks.song_key.take(banned), artist_weight,
-                       self._seed_links(seed_rows) if artist_weight > 0 else None, colisten)
+                       self._seed_links(seed_rows) if artist_weight > 0 else None, colisten,
+                       bool(weights.min() >= 0))
         extra = [ctx.links.candidates] if ctx.links is not None else []
         if colisten is not None:
             extra.append(colisten.rows)
@@ -323,14 +324,14 @@ class Recommender:
         finally:
             positions[candidates] = -1  # the map is back to all -1 for the next request
         per_seed *= ctx.weights
-        score = _power_mean(per_seed, p.seed_power)
         popularity = t.popularity.take(candidates)
-        if p.popularity_weight > 0:
-            score += (p.popularity_weight / 100.0) * popularity
+        prior = (p.popularity_weight / 100.0) * popularity if p.popularity_weight > 0 else None
+        penalty = None
         if len(ctx.neg_rows):
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
-            score -= p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
+            penalty = p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
+        score = _scores(per_seed, p.seed_power, prior, penalty, need if ctx.nonnegative else 0, t.song_key, candidates)
         order = _first_per_song(_ranking(score, popularity, need), t.song_key, candidates, need, score, popularity)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
@@ -563,6 +564,7 @@ class _Context:
     artist_weight: float
     links: _Links | None
     colisten: _Colisten | None = None
+    nonnegative: bool = True  # every seed weight >= 0, so no score exceeds its column's max (``_scores``)
 
 
 def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -605,6 +607,56 @@ def _power_mean(per_seed: np.ndarray, power: float) -> np.ndarray:
     top = per_seed.max(axis=0)
     scale = np.where(top > 0, top, 1.0).astype(per_seed.dtype)
     return top * np.power(np.power(per_seed / scale, power).mean(axis=0), 1.0 / power)
+
+
+_BOUNDED = 256  # columns scored exactly first: enough that the floor usually clears the rest
+
+
+def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalty: np.ndarray | None, need: int,
+            song_key: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """score = M_p(per_seed) + prior − penalty per candidate column; −inf where it cannot matter.
+
+    A power mean costs a pow per cell, most of a request's scoring, yet only the columns that
+    can reach the head of the ranking (its best ``need`` songs) are used. M_p never exceeds
+    its column's max when no term is negative, so max + prior − penalty (a hair above, for
+    rounding) bounds each score. The best-bounded columns are scored exactly; the ``need``-th
+    distinct song among them is a floor that the answer's songs reach, and a column whose
+    bound is below it scores below that many songs: it gets −inf, which ranks it where it
+    could be used, nowhere. When the floor does not clear every column left out, those whose
+    bound reaches it are scored instead. ``need`` 0 scores every column. Per column the
+    arithmetic is that of the whole matrix, so the scores are the same bits.
+    """
+    def total(score: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        if prior is not None:  # float64: added as the full-width prior always was
+            score += prior if cols is None else prior.take(cols)
+        if penalty is not None:
+            score -= penalty if cols is None else penalty.take(cols)
+        return score
+
+    width, size = per_seed.shape[1], max(4 * (need + 32), _BOUNDED)
+    if need < 1 or math.isinf(power) or power == 1.0 or len(per_seed) == 1 or 2 * size > width:
+        return total(_power_mean(per_seed, power), None)
+    bound = total(per_seed.max(axis=0) * np.float32(1.0 + 1e-4), None)
+    if np.isnan(bound).any():
+        return total(_power_mean(per_seed, power), None)
+    part = np.argpartition(bound, width - size)
+    cols = np.sort(part[width - size:])
+    exact = total(_power_mean(np.take(per_seed, cols, axis=1), power), cols)
+    by_score = np.argsort(-exact)
+    first = _first_seen(song_key.take(candidates.take(cols.take(by_score[:need + 32]))))  # as a ranking head is
+    if len(first) < need:
+        first = _first_seen(song_key.take(candidates.take(cols.take(by_score))))
+        if len(first) < need:
+            return total(_power_mean(per_seed, power), None)
+    floor = exact[by_score[first[need - 1]]]
+    if bound[part[width - size]] >= floor:  # a column left out may reach the floor
+        cols = np.flatnonzero(bound >= floor)
+        if len(cols) < 2:  # numpy sums a single column in another order: the whole mean, then
+            return total(_power_mean(per_seed, power), None)
+        exact = total(_power_mean(np.take(per_seed, cols, axis=1), power), cols)
+    score = np.full(width, -np.inf, dtype=exact.dtype)
+    score[cols] = exact
+    return score
 
 
 _REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED], dtype=object)  # by link flag
