@@ -292,7 +292,7 @@ class Recommender:
 
     # -- internals ------------------------------------------------------------------------
     def _score(self, candidates: np.ndarray, ctx: "_Context") -> Ranked:
-        """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first.
+        """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first, as columns.
 
         Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
         (numpy's max/argmax along a short last axis cost more than the product itself).
@@ -564,7 +564,7 @@ class _Context:
     artist_weight: float
     links: _Links | None
     colisten: _Colisten | None = None
-    nonnegative: bool = True  # every seed weight >= 0, so no score exceeds its column's max (``_scores``)
+    nonnegative: bool = True  # every seed weight >= 0: no power mean exceeds its column's max (``_scores``)
 
 
 def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
