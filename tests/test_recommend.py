@@ -377,8 +377,12 @@ def test_bounded_power_mean_ranks_the_head_as_the_whole_one(data_seed, seeds, wi
         order = _first_per_song(_ranking(score, popularity, need), song_key, candidates, need, score, popularity)
         return [(int(i), float(score[i])) for i in order[:need]]
 
-    assert head(_scores(per_seed, power, prior, penalty, need, song_key, candidates)) == \
-        head(_scores(per_seed, power, prior, penalty, 0, song_key, candidates))
+    bounded, scored = _scores(per_seed, power, prior, penalty, need, song_key, candidates)
+    whole, everything = _scores(per_seed, power, prior, penalty, 0, song_key, candidates)
+    assert everything is None and head(bounded) == head(whole)
+    if scored is not None:  # the scored columns are the finite ones, and their ranking leads the whole one
+        assert np.array_equal(scored, np.flatnonzero(np.isfinite(bounded)))
+        assert np.array_equal(bounded[scored], whole[scored])
 
 
 def test_co_listened_tracks_are_candidates_even_when_they_sound_nothing_alike() -> None:

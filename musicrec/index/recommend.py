@@ -331,8 +331,12 @@ class Recommender:
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
             penalty = p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
-        score = _scores(per_seed, p.seed_power, prior, penalty, need if ctx.nonnegative else 0, t.song_key, candidates)
-        order = _first_per_song(_ranking(score, popularity, need), t.song_key, candidates, need, score, popularity)
+        score, scored = _scores(per_seed, p.seed_power, prior, penalty, need if ctx.nonnegative else 0, t.song_key,
+                                candidates)
+        # Every column left unscored (-inf) ranks below every scored one: rank the scored ones.
+        ranking = _ranking(score, popularity, need) if scored is None else \
+            scored[_ranking(score.take(scored), popularity.take(scored), need)]
+        order = _first_per_song(ranking, t.song_key, candidates, need, score, popularity)
         if q.diversity > 0:
             order = _mmr(vecs, score, order, q.k, q.diversity)
         else:
@@ -613,8 +617,8 @@ _BOUNDED = 256  # columns scored exactly first: enough that the floor usually cl
 
 
 def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalty: np.ndarray | None, need: int,
-            song_key: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """score = M_p(per_seed) + prior − penalty per candidate column; −inf where it cannot matter.
+            song_key: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(score, the columns scored) with score = M_p(per_seed) + prior − penalty; −inf where it cannot matter.
 
     A power mean costs a pow per cell, most of a request's scoring, yet only the columns that
     can reach the head of the ranking (its best ``need`` songs) are used. M_p never exceeds
@@ -623,8 +627,8 @@ def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalt
     distinct song among them is a floor that the answer's songs reach, and a column whose
     bound is below it scores below that many songs: it gets −inf, which ranks it where it
     could be used, nowhere. When the floor does not clear every column left out, those whose
-    bound reaches it are scored instead. ``need`` 0 scores every column. Per column the
-    arithmetic is that of the whole matrix, so the scores are the same bits.
+    bound reaches it are scored instead. ``need`` 0 scores every column (and says None for
+    which). Per column the arithmetic is that of the whole matrix, so the scores are the same bits.
     """
     def total(score: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
         if prior is not None:  # float64: added as the full-width prior always was
@@ -635,10 +639,10 @@ def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalt
 
     width, size = per_seed.shape[1], max(4 * (need + 32), _BOUNDED)
     if need < 1 or math.isinf(power) or power == 1.0 or len(per_seed) == 1 or 2 * size > width:
-        return total(_power_mean(per_seed, power), None)
+        return total(_power_mean(per_seed, power), None), None
     bound = total(per_seed.max(axis=0) * np.float32(1.0 + 1e-4), None)
     if np.isnan(bound).any():
-        return total(_power_mean(per_seed, power), None)
+        return total(_power_mean(per_seed, power), None), None
     part = np.argpartition(bound, width - size)
     cols = np.sort(part[width - size:])
     exact = total(_power_mean(np.take(per_seed, cols, axis=1), power), cols)
@@ -647,16 +651,16 @@ def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalt
     if len(first) < need:
         first = _first_seen(song_key.take(candidates.take(cols.take(by_score))))
         if len(first) < need:
-            return total(_power_mean(per_seed, power), None)
+            return total(_power_mean(per_seed, power), None), None
     floor = exact[by_score[first[need - 1]]]
     if bound[part[width - size]] >= floor:  # a column left out may reach the floor
         cols = np.flatnonzero(bound >= floor)
         if len(cols) < 2:  # numpy sums a single column in another order: the whole mean, then
-            return total(_power_mean(per_seed, power), None)
+            return total(_power_mean(per_seed, power), None), None
         exact = total(_power_mean(np.take(per_seed, cols, axis=1), power), cols)
     score = np.full(width, -np.inf, dtype=exact.dtype)
     score[cols] = exact
-    return score
+    return score, cols
 
 
 _REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED], dtype=object)  # by link flag
