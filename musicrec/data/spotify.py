@@ -10,7 +10,8 @@ exponential backoff, then gives up with a typed error a page can explain.
 Spotify closed ``audio-features`` (and ``recommendations``) to new apps on 2024-11-27:
 a 403 there is expected and becomes ``AudioFeatures.forbidden``, never an exception.
 
-Imported by the indexer and by the service in online mode only.
+Used by the indexer's Spotify source and by the service in online mode; the service imports it at
+start-up either way (its error types are mapped to HTTP statuses), so spotipy is always loaded.
 """
 from __future__ import annotations
 
