@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import time
-
-import msgspec
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from litestar import MediaType, Request, Response, delete, get, post
+import msgspec
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
@@ -107,8 +106,8 @@ SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre":
 
 SESSION_DOCS = documented("recommendations", listener=True,
                           example=[SONG | {"score": 0.93172, "because": EXAMPLE_TRACK[::-1]}])
-SESSION_DOCS["responses"][HTTP_200_OK] = ResponseSpec(list[SongRecommendation], description="The next tracks, best first",
-                                                     generate_examples=False)
+SESSION_DOCS["responses"][HTTP_200_OK] = ResponseSpec(list[SongRecommendation], generate_examples=False,
+                                                     description="The next tracks, best first")
 
 
 @get("/api/songs_recommendations",
@@ -149,7 +148,8 @@ EVENT_DOCS = documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), list
                         body_example={"type": "like", "track_id": EXAMPLE_TRACK, "source": "player"},
                         example={"event_id": "9d6b35e368014ed49badbbd0181072eb", "client_id": EXAMPLE_CLIENT,
                                  "type": "like"})
-EVENT_DOCS["responses"][HTTP_202_ACCEPTED] = ResponseSpec(EventAccepted, description="The event's receipt", generate_examples=False)
+EVENT_DOCS["responses"][HTTP_202_ACCEPTED] = ResponseSpec(EventAccepted, description="The event's receipt",
+                                                          generate_examples=False)
 EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
     EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
 

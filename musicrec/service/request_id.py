@@ -25,7 +25,7 @@ access = logging.getLogger("musicrec.access")
 
 
 def incoming_id(scope: Scope) -> str:
-    """The caller's X-Request-Id when it is a plain token (1–128 of ``A-Za-z0-9._:-``), else 128 fresh random bits in hex."""
+    """The caller's X-Request-Id when it is a plain token (1–128 of ``A-Za-z0-9._:-``), else a fresh random one."""
     for name, value in scope["headers"]:
         if name == HEADER:
             if _TOKEN.fullmatch(value):

@@ -57,18 +57,19 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     return p
 
 
-def check_artifacts(settings: Settings) -> str:
-    """Load and verify the artefacts the workers will load; ArtifactError names what is wrong.
+def check_artifacts(settings: Settings) -> tuple[str, str]:
+    """Load and verify the artefacts the workers will load: (what they are, their fingerprint).
 
-    The workers inherit the version's fingerprint (``VERIFIED_ENV``) and load it without hashing its
-    files again: the checksums were just compared here, and the arrays are still checked there.
+    ArtifactError names what is wrong. The workers inherit the fingerprint (``VERIFIED_ENV``) and
+    load that version without hashing its files again: the checksums were just compared here, and
+    the arrays are still checked there.
     """
     from musicrec.index.artifacts import fingerprint, load_artifacts
 
     artifacts = load_artifacts(settings.artifacts_dir)
-    os.environ[VERIFIED_ENV] = fingerprint(artifacts.path)
     return (f"{artifacts.model_version} ({artifacts.manifest.n_tracks} tracks"
-            + (", SYNTHETIC DEMO catalog" if artifacts.manifest.demo else "") + f") at {artifacts.path}")
+            + (", SYNTHETIC DEMO catalog" if artifacts.manifest.demo else "") + f") at {artifacts.path}",
+            fingerprint(artifacts.path))
 
 
 @contextmanager
@@ -99,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_level, settings.log_format)
-        checked = check_artifacts(settings)
+        checked, os.environ[VERIFIED_ENV] = check_artifacts(settings)
     except (SettingsError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
