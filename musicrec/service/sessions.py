@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Final, Pro
 import msgspec
 
 from musicrec.service.lru import LRU
-from musicrec.service.resp import RedisClient, RedisError
+from musicrec.service.resp import Command, RedisClient, RedisError
 
 if TYPE_CHECKING:
     from musicrec.service.settings import Settings
@@ -292,8 +292,7 @@ class RedisSessionStore:
         if self.link.up:
             key = self.key(client_id)
             try:
-                await self.client.pipeline(((b"LPUSH", key, _encode(event)), (b"LTRIM", key, 0, self.max_len - 1),
-                                            (b"EXPIRE", key, self.ttl_s)))
+                await self.client.pipeline(self._write(key, [_encode(event)], self.ttl_s))
                 return
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
@@ -313,10 +312,9 @@ class RedisSessionStore:
         """One pipeline (push, trim, expire, read): half the Redis round trips of append + recent."""
         if self.link.up:
             key = self.key(client_id)
-            last = self.max_len - 1
             try:
-                replies = await self.client.pipeline(((b"LPUSH", key, _encode(event)), (b"LTRIM", key, 0, last),
-                                                      (b"EXPIRE", key, self.ttl_s), (b"LRANGE", key, 0, last)))
+                replies = await self.client.pipeline([*self._write(key, [_encode(event)], self.ttl_s),
+                                                      (b"LRANGE", key, 0, self.max_len - 1)])
                 return self._decode_all(client_id, replies[-1])
             except REDIS_DOWN as exc:
                 self.link.mark_down(exc)
@@ -335,6 +333,11 @@ class RedisSessionStore:
             else:
                 log.warning("too many sessions cleared during the redis outage; %s's will reappear", client_id)
         await self.fallback.clear(client_id)  # also forget what an outage may have collected
+
+    def _write(self, key: str, encoded: list[bytes], ttl_s: int) -> list[Command]:
+        """A session write: push ``encoded`` (oldest first, so the last is the newest), keep the newest
+        ``max_len``, and (re)set the time to live."""
+        return [(b"LPUSH", key, *encoded), (b"LTRIM", key, 0, self.max_len - 1), (b"EXPIRE", key, ttl_s)]
 
     def _decode_all(self, client_id: str, raw: list[bytes]) -> list[SessionEvent]:
         events: list[SessionEvent] = []
@@ -372,11 +375,10 @@ class RedisSessionStore:
                     await self.client.execute(b"DEL", *(self.key(c) for c in cleared))
                     cleared = set()
                 for start in range(0, len(sessions), batch):
-                    commands: list[tuple[bytes | str | int, ...]] = []
+                    commands: list[Command] = []
                     for client_id, events, ttl_s in sessions[start:start + batch]:
-                        key = self.key(client_id)
-                        commands += [(b"LPUSH", key, *(_encode(e) for e in reversed(events))),
-                                     (b"LTRIM", key, 0, self.max_len - 1), (b"EXPIRE", key, max(1, math.ceil(ttl_s)))]
+                        commands += self._write(self.key(client_id), [_encode(e) for e in reversed(events)],
+                                                max(1, math.ceil(ttl_s)))
                     await self.client.pipeline(commands)
                     done = min(start + batch, len(sessions))
             except REDIS_DOWN:
