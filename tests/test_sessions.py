@@ -389,11 +389,7 @@ async def test_an_outage_beyond_the_memory_bound_counts_and_logs_every_dropped_l
         drops = [r for r in musicrec_logs if "session store full" in r.getMessage()]
         assert drops and drops[0].levelname == "WARNING"
         own_redis.start()
-        for _ in range(200):
-            if store.status == "ok":
-                break
-            await asyncio.sleep(0.05)
-        assert store.status == "ok"
+        assert await wait_for(lambda: store.status == "ok", 10.0)
         kept = [len(await store.recent(f"listener-{i}")) for i in range(130)]
         # Nothing beyond what was counted is missing: 100 listeners written back whole, 30 counted as dropped.
         assert kept == [0] * 30 + [2] * 100
@@ -416,11 +412,7 @@ async def test_recovery_drops_the_old_connections_so_redis_does_not_flap(own_red
         await store.append("during", ev(1))
         assert store.status == "degraded"
         own_redis.start()
-        for _ in range(200):
-            if store.status == "ok":
-                break
-            await asyncio.sleep(0.05)
-        assert store.status == "ok"
+        assert await wait_for(lambda: store.status == "ok", 10.0)
         for _ in range(5):  # bursts that use every connection at once
             await asyncio.gather(*(store.append(f"c{i}", ev(i)) for i in range(40)))
             await asyncio.gather(*(store.recent(f"c{i}") for i in range(40)))
