@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
+from litestar.middleware import DefineMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
@@ -20,6 +21,7 @@ from musicrec.service.answers import AnswerCache
 from musicrec.index.browse import BrowseQuery
 from musicrec.service.clients import client_id, listener_cookie, remember
 from musicrec.service.deps import EngineDep, SessionsDep
+from musicrec.service.direct import Direct
 from musicrec.index.engine import EngineHolder
 from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
@@ -110,7 +112,10 @@ SESSION_DOCS["responses"][HTTP_200_OK] = ResponseSpec(list[SongRecommendation], 
                                                      description="The next tracks, best first")
 
 
-@get("/api/songs_recommendations",
+DIRECT = [DefineMiddleware(Direct)]  # well-formed requests skip Litestar's parameter extraction (musicrec.service.direct)
+
+
+@get("/api/songs_recommendations", middleware=DIRECT,
      summary="Next tracks for the caller's session (the seed design's contract)", **SESSION_DOCS)
 async def songs_recommendations(
     request: Request,
@@ -128,7 +133,7 @@ async def songs_recommendations(
     return encoded(request, body, client, is_new)
 
 
-@post("/api/recommendations", status_code=200, before_request=json_only,
+@post("/api/recommendations", status_code=200, before_request=json_only, middleware=DIRECT,
       summary="Playlist continuation from given tracks (stateless)",
       **documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
                    body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
@@ -154,7 +159,7 @@ EVENT_DOCS["responses"][HTTP_200_OK] = ResponseSpec(
     EventWithNext, description='With "next": k, the receipt and the next k tracks after the event')
 
 
-@post("/events", status_code=HTTP_202_ACCEPTED, before_request=json_only,
+@post("/events", status_code=HTTP_202_ACCEPTED, before_request=json_only, middleware=DIRECT,
       summary="Record a view, skip or like; with \"next\": k, also answer the next k tracks (200)", **EVENT_DOCS)
 async def post_event(request: Request, data: JSONBody[EventIn]) -> EncodedJSON:
     """Goes into the listener's session at once (the next recommendation sees it) and onto the event stream
