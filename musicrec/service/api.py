@@ -133,20 +133,24 @@ async def songs_recommendations(
     return encoded(request, body, client, is_new)
 
 
+PLAYLIST_DOCS = documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
+                           body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
+                           example={"items": [SONG | {"album": "Comedy", "score": 0.93172, "because": EXAMPLE_TRACK}],
+                                    "model_version": "20261201T093345Z-e5d67f7b", "unknown_ids": []})
+PLAYLIST_DOCS["responses"][HTTP_200_OK] = ResponseSpec(RecommendResponse, generate_examples=False,
+                                                      description="The tracks that continue the playlist, best first")
+
+
 @post("/api/recommendations", status_code=200, before_request=json_only, middleware=DIRECT,
-      summary="Playlist continuation from given tracks (stateless)",
-      **documented("recommendations", errors=(*API_ERRORS, 404, 413, 415),
-                   body_example={"track_ids": [EXAMPLE_TRACK], "k": 10, "filters": {"genres": ["acoustic"]}},
-                   example={"items": [SONG | {"album": "Comedy", "score": 0.93172, "because": EXAMPLE_TRACK}],
-                            "model_version": "20261201T093345Z-e5d67f7b", "unknown_ids": []}))
-async def recommendations(request: Request, data: JSONBody[RecommendRequest]) -> RecommendResponse:
+      summary="Playlist continuation from given tracks (stateless)", **PLAYLIST_DOCS)
+async def recommendations(request: Request, data: JSONBody[RecommendRequest]) -> EncodedJSON:
     """Every known id is an equally weighted seed; ids the catalog lacks come back in ``unknown_ids`` (404 when
     none is known). Filters still fill ``k``; exclusions and negatives are never returned."""
     serving = serving_of(request)
     started = time.perf_counter()
-    answer = logic.recommend_tracks(serving.holder.current, data)
+    answer = _encode(logic.recommend_tracks(serving.holder.current, data))
     serving.metrics.tracks_seconds.observe(time.perf_counter() - started)
-    return answer
+    return EncodedJSON(answer)
 
 
 EVENT_DOCS = documented("events", errors=(*API_ERRORS, 403, 404, 413, 415), listener=True,
