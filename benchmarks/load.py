@@ -16,9 +16,11 @@ null's, its recommendation p99 above --p99-ratio × the null's or above --max-p9
 request (a shed 503/429 included), or an achieved rate below 95 % of the offered one. The
 absolute --p99-ms (10) is printed as information. --ceiling R1,R2,… steps the offered rate up
 against both and prints the highest rate each kept p99 ≤ --ceiling-p99-ms without failures,
-and musicrec's ÷ the null's.
+and musicrec's ÷ the null's. --framework-floor adds a third service, the null's answers from a
+bare Litestar app, as information on what the framework alone costs.
 
     python -m benchmarks.load                                   # both mixes, null and musicrec
+    python -m benchmarks.load --framework-floor                 # and the Litestar floor between them
     python -m benchmarks.load --ceiling 1000,1500,2000,2500,3000   # Locust on every core
     python -m benchmarks.load --artifacts artifacts/bench/1m --demo 1000000
     python -m benchmarks.load --no-null --rate 1000             # musicrec alone, p99 ≤ --p99-ms
@@ -268,6 +270,40 @@ async def null_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyp
     await send({"type": "http.response.body", "body": body})
 
 
+def litestar_floor():  # type: ignore[no-untyped-def]
+    """``null_app``'s fixed answers from a bare Litestar app: the framework's own cost (``--framework-floor``).
+
+    Same routes, bodies and server stack as the null service, but each request goes through Litestar's
+    routing, parameter extraction and response building; musicrec's middleware, Redis and scoring are
+    not here. A uvicorn factory (``--factory``), so importing this module does not import Litestar.
+    """
+    from litestar import Litestar, Request, get, post
+    from litestar.response import Response
+
+    def answer(body: bytes, status: int = 200) -> Response:
+        return Response(body, status_code=status, media_type="application/json")
+
+    @get("/api/songs_recommendations", sync_to_thread=False)
+    def recs(k: int = 20, diversity: float = 0.0) -> Response:
+        return answer(_NULL_RECS)
+
+    @post("/api/recommendations", status_code=200)
+    async def playlist(request: Request) -> Response:
+        await request.body()
+        return answer(_NULL_PLAYLIST)
+
+    @post("/events", status_code=202)
+    async def event(request: Request) -> Response:
+        return answer(_NULL_EVENT_NEXT) if b'"next"' in await request.body() else answer(_NULL_EVENT, 202)
+
+    @get("/readyz", sync_to_thread=False)
+    def readyz() -> Response:
+        return answer(_NULL_READY)
+
+    # The handlers' annotations are strings here (``from __future__ import annotations``): name their types.
+    return Litestar([recs, playlist, event, readyz], signature_namespace={"Request": Request, "Response": Response})
+
+
 @dataclass
 class Service:
     proc: Proc
@@ -280,8 +316,9 @@ class Service:
 
 @contextmanager
 def service(version_dir: Path, redis_url: str, workers: int, workdir: Path, timeout_s: float,
-            null: bool = False, env: dict[str, str] | None = None) -> Iterator[Service]:
-    """The service (or the null app) on a free port, ready; ``env`` adds to or overrides its settings."""
+            null: bool = False, env: dict[str, str] | None = None, floor: bool = False) -> Iterator[Service]:
+    """The service (or the null app, or with ``floor`` the Litestar floor) on a free port, ready; ``env`` adds to or
+    overrides its settings."""
     port = free_port()
     env = dict(os.environ, ARTIFACTS_DIR=str(version_dir), HOST="127.0.0.1", PORT=str(port), WORKERS=str(workers),
                REDIS_URL=redis_url, KAFKA_BOOTSTRAP_SERVERS="", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
@@ -289,8 +326,9 @@ def service(version_dir: Path, redis_url: str, workers: int, workdir: Path, time
                RATE_LIMIT_PER_MIN="10000000") | (env or {})
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "musicrec.service"]
-    if null:
-        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.load:null_app", "--host", "127.0.0.1", "--port", str(port),
+    if null or floor:
+        app = ["--factory", "benchmarks.load:litestar_floor"] if floor else ["benchmarks.load:null_app"]
+        cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
     spawned = time.monotonic()
     with started("service", cmd, env, workdir) as proc:
@@ -578,6 +616,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="keep the service log and Locust CSVs under this folder")
     p.add_argument("--null-service", action="store_true", help="only the null service (fixed answers, no work)")
     p.add_argument("--no-null", action="store_true", help="only musicrec, against the absolute --p99-ms budget")
+    p.add_argument("--framework-floor", action="store_true",
+                   help="also run the null service's answers from a bare Litestar app, and print musicrec's ratio "
+                        "to it (information: what the framework alone costs)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for musicrec (e.g. --env ANSWER_CACHE_SIZE=0); repeatable")
     return p
@@ -632,10 +673,10 @@ class _Runner:
     env: dict[str, str]
 
     @contextmanager
-    def serving(self, null: bool) -> Iterator[Service]:
-        """The null service or musicrec, started fresh (one at a time, so neither takes the other's CPU)."""
+    def serving(self, null: bool, floor: bool = False) -> Iterator[Service]:
+        """The null service, the Litestar floor or musicrec, started fresh (one at a time, so none takes another's CPU)."""
         with service(self.version_dir, self.redis_url, self.args.workers, self.workdir, self.args.ready_timeout,
-                     null=null, env=None if null else self.env) as svc:
+                     null=null, env=None if null or floor else self.env, floor=floor) as svc:
             yield svc
 
     def load(self, svc: Service, rate: float, mix: Mix, tag: str, args: argparse.Namespace | None = None) -> RunResult:
@@ -677,6 +718,11 @@ def _budget(run: _Runner, mixes: list[Mix]) -> int:
             for result in nulls.values():
                 print(summary(result, svc, (0.0, 0.0), args))
             return 0
+    floors: dict[str, RunResult] = {}
+    if args.framework_floor:
+        with run.serving(null=False, floor=True) as svc:
+            for mix in mixes:
+                floors[mix.name] = run.load(svc, rate, mix, f"floor-{mix.name}-{rate:.0f}")
     results: dict[str, RunResult] = {}
     with run.serving(null=False) as svc:
         startup_rss = memory_mb(svc.proc.pids())
@@ -689,7 +735,7 @@ def _budget(run: _Runner, mixes: list[Mix]) -> int:
         print(summary(results[mix.name], svc, rss, args))
         misses[mix.name] = goal_misses(results[mix.name], nulls.get(mix.name), args)
     if nulls:
-        print(comparison_table(mixes, nulls, results, args))
+        print(comparison_table(mixes, nulls, results, args, floors))
     if args.json:
         args.json.write_text(json.dumps({
             "rate": rate, "musicrec": {k: _as_dict(v) for k, v in results.items()},
@@ -732,7 +778,8 @@ def goal_misses(result: RunResult, null: RunResult | None, args: argparse.Namesp
 
 
 def comparison_table(mixes: list[Mix], nulls: dict[str, RunResult], results: dict[str, RunResult],
-                     args: argparse.Namespace) -> str:
+                     args: argparse.Namespace, floors: dict[str, RunResult] | None = None) -> str:
+    floors = floors or {}
     lines = [f"# null service vs musicrec, same harness and rate, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{os.cpu_count()} cores; goals: CPU/request ≤ {args.cpu_ratio:g}× the null's, recommendation p99 ≤ "
              f"{args.p99_ratio:g}× the null's and ≤ {args.max_p99_ms:g} ms (the {args.p99_ms:g} ms is information)",
@@ -740,7 +787,9 @@ def comparison_table(mixes: list[Mix], nulls: dict[str, RunResult], results: dic
              "shed in warm-up | service CPU ms/req | service cores | Locust CPU ms/req |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mix in mixes:
-        for who, r in (("null", nulls[mix.name]), ("musicrec", results[mix.name])):
+        runs = [("null", nulls[mix.name]), *([("Litestar floor", floors[mix.name])] if mix.name in floors else []),
+                ("musicrec", results[mix.name])]
+        for who, r in runs:
             rec = r.endpoint("all recommendations")
             lines.append(f"| {mix.name} | {who} | {r.rate:,.0f} | {r.achieved:,.0f} | {rec.p50:.2f} | {rec.p99:.2f} | "
                          f"{rec.max:.1f} | {r.failures - r.warmup_shed} | {r.warmup_shed} | {r.service_cpu_ms:.3f} | "
@@ -752,6 +801,12 @@ def comparison_table(mixes: list[Mix], nulls: dict[str, RunResult], results: dic
                      f"null's (goal ≤ {args.cpu_ratio:g}), recommendation p99 {ratio(_rec_p99(m), _rec_p99(n)):.2f}× "
                      f"(goal ≤ {args.p99_ratio:g}); musicrec p99 {_rec_p99(m):.2f} ms (goal ≤ {args.max_p99_ms:g}; "
                      f"{'within' if _rec_p99(m) <= args.p99_ms else 'above'} the {args.p99_ms:g} ms of information)")
+        if mix.name in floors:
+            f = floors[mix.name]
+            lines.append(f"# {mix.name} mix, information: the Litestar floor's CPU per request is "
+                         f"{ratio(f.service_cpu_ms, n.service_cpu_ms):.2f}× the null's; musicrec's is "
+                         f"{ratio(m.service_cpu_ms, f.service_cpu_ms):.2f}× the floor's, p99 "
+                         f"{ratio(_rec_p99(m), _rec_p99(f)):.2f}× the floor's")
     return "\n".join(lines)
 
 

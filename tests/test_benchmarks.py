@@ -101,3 +101,31 @@ async def test_the_null_service_answers_an_event_with_next_like_musicrec() -> No
     from benchmarks.load import _NULL_EVENT_NEXT
     body = json.loads(_NULL_EVENT_NEXT)
     assert len(body["next"]) == 20 and body["event_id"]
+
+
+@pytest.mark.anyio
+async def test_the_litestar_floor_answers_what_the_null_service_does() -> None:
+    from benchmarks.load import litestar_floor, null_app
+    from benchmarks.request_cost import InProcess
+
+    requests = [("GET", "/api/songs_recommendations", b""), ("POST", "/api/recommendations", b'{"track_ids":["x"]}'),
+                ("POST", "/events", b'{"type":"like","track_id":"x"}'),
+                ("POST", "/events", b'{"type":"like","track_id":"x","next":20}'), ("GET", "/readyz", b"")]
+    statuses = []
+    for app in (null_app, litestar_floor()):
+        async with InProcess(app) as served:
+            statuses.append([await served.call(method, path, body=body) for method, path, body in requests])
+    assert statuses[0] == statuses[1] == [200, 200, 202, 200, 200]
+
+
+def test_the_comparison_prints_the_litestar_floor_when_it_was_run() -> None:
+    from benchmarks.load import MIXES, comparison_table, parser
+
+    args = parser().parse_args(["--framework-floor"])
+    mixes = [MIXES["player"]]
+    table = comparison_table(mixes, {"player": _result("player", 0.1, 2.0)}, {"player": _result("player", 0.6, 8.0)},
+                             args, {"player": _result("player", 0.2, 3.0)})
+    assert "| player | Litestar floor |" in table
+    assert "the Litestar floor's CPU per request is 2.00× the null's; musicrec's is 3.00× the floor's" in table
+    assert "Litestar floor" not in comparison_table(mixes, {"player": _result("player", 0.1, 2.0)},
+                                                    {"player": _result("player", 0.6, 8.0)}, args)
