@@ -128,3 +128,26 @@ async def test_a_new_listener_gets_the_same_cookie_either_way(apps: tuple[AsyncT
     response = await direct.get("/api/songs_recommendations?k=3")
     assert response.status_code == 200 and response.cookies.get("client_id")
     assert response.headers["x-request-id"]
+
+
+async def test_a_route_with_a_guard_is_left_to_litestar() -> None:
+    """Direct does not run guards: on a guarded route it must pass every request on, or the guard would be skipped."""
+    from litestar import Litestar, get
+    from litestar.exceptions import NotAuthorizedException
+    from litestar.middleware import DefineMiddleware
+
+    def refuse(connection: Any, _: Any) -> None:
+        raise NotAuthorizedException("no")
+
+    @get("/guarded", guards=[refuse], middleware=[DefineMiddleware(Direct)], sync_to_thread=False)
+    def guarded(k: int = 1) -> dict[str, int]:
+        return {"k": k}
+
+    @get("/open", middleware=[DefineMiddleware(Direct)], sync_to_thread=False)
+    def open_route(k: int = 1) -> dict[str, int]:
+        return {"k": k}
+
+    async with AsyncTestClient(Litestar([guarded, open_route])) as client:
+        assert (await client.get("/guarded?k=2")).status_code == 401
+        answer = await client.get("/open?k=2")
+        assert answer.status_code == 200 and answer.json() == {"k": 2}

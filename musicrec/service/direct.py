@@ -2,9 +2,9 @@
 
 Why: Litestar extracts a handler's parameters on every request: the query into a multi-dict, the
 body through its request stream and a generic JSON decode, then a conversion to the handler's
-Struct. Under load, a Litestar app with fixed answers cost about 0.08 ms of CPU per request more
-than the same routes as raw ASGI handlers, on top of the HTTP floor of about 0.13 ms
-(benchmarks/README.md): most of what the service may spend per request. ``Direct``, the innermost
+Struct. Under load that made a Litestar app with fixed answers cost far more CPU per request than
+the same routes as raw ASGI handlers: much of what the service may spend beyond the HTTP floor
+(benchmarks/README.md, ``--framework-floor``). ``Direct``, the innermost
 middleware of the hot routes, does that work itself for the requests clients actually send and
 then calls the handler as Litestar would (its ``before_request`` hook first):
 
@@ -15,7 +15,8 @@ then calls the handler as Litestar would (its ``before_request`` hook first):
 
 Anything else (an escaped or repeated query name, a body the Struct refuses, one over the size
 limit) is handed to Litestar untouched, with the body read so far replayed, so it is answered
-exactly as it was without this: errors keep one source.
+exactly as it was without this: errors keep one source. A route with guards, response caching or
+an ``after_response`` hook, which this does not reproduce, is always left to Litestar.
 """
 from __future__ import annotations
 
@@ -39,10 +40,13 @@ class Direct:
         self._query: frozenset[str] = frozenset()
         self._defaults: dict[str, Any] = {}
         self._decode: Any = None
+        self._litestar_only = False
 
     def _prepare(self, scope: Scope) -> None:
         """What the route's handler takes, read once from its signature: query names, or the body's Struct."""
         handler = scope["route_handler"]
+        self._litestar_only = bool(handler.resolve_guards()) or bool(handler.cache) or \
+            handler.resolve_after_response() is not None
         parameters = handler.parsed_fn_signature.parameters
         body = parameters.get("data")
         self._decode = msgspec.json.Decoder(body.annotation).decode if body is not None else None
@@ -54,6 +58,9 @@ class Direct:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._ready:
             self._prepare(scope)
+        if self._litestar_only:
+            await self.app(scope, receive, send)
+            return
         handler = scope["route_handler"]
         query: dict[str, str] | None = None
         if self._decode is None:
@@ -76,12 +83,12 @@ class Direct:
                 data = self._decode(body) if body is not None else None
             except msgspec.DecodeError:  # ValidationError too: Litestar answers it, with its own message
                 data = None
-            if data is None:
+            if data is None:  # Litestar runs the hook again, then answers from the replayed body
                 await self.app(scope, _replay(read, receive), send)
                 return
             kwargs = {"request": request, "data": data}
-        response = await handler.to_response(app=scope["litestar_app"], data=await handler.fn(**kwargs),
-                                             request=request)
+        result = handler.fn(**kwargs) if handler.has_sync_callable else await handler.fn(**kwargs)  # as Litestar calls it
+        response = await handler.to_response(app=scope["litestar_app"], data=result, request=request)
         await response(scope, receive, send)
 
 
