@@ -631,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.null_service and args.no_null:
         print("bench error: --null-service and --no-null exclude each other", file=sys.stderr)
         return 2
+    if args.framework_floor and (args.null_service or args.no_null or args.ceiling):
+        print("bench error: --framework-floor is compared with the null service and musicrec in one budget run "
+              "(not with --null-service, --no-null or --ceiling)", file=sys.stderr)
+        return 2
     mixes = list(MIXES.values()) if args.mix == "both" else [MIXES[args.mix]]
     try:
         service_env = dict(item.split("=", 1) for item in args.env)

@@ -129,3 +129,11 @@ def test_the_comparison_prints_the_litestar_floor_when_it_was_run() -> None:
     assert "the Litestar floor's CPU per request is 2.00× the null's; musicrec's is 3.00× the floor's" in table
     assert "Litestar floor" not in comparison_table(mixes, {"player": _result("player", 0.1, 2.0)},
                                                     {"player": _result("player", 0.6, 8.0)}, args)
+
+
+def test_the_litestar_floor_is_refused_where_it_would_be_compared_with_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.load import main
+
+    for extra in (["--no-null"], ["--null-service"], ["--ceiling", "500"]):
+        assert main(["--framework-floor", *extra]) == 2
+        assert "--framework-floor" in capsys.readouterr().err
