@@ -27,7 +27,7 @@ from musicrec.service.errors import BadRequest, NotFound, UnsupportedMediaType
 from musicrec.service.events import EventSink
 from musicrec.service.metrics import ServiceMetrics
 from musicrec.service.openapi import API_ERRORS, EXAMPLE_CLIENT, EXAMPLE_TRACK, documented
-from musicrec.service.security import require_same_origin
+from musicrec.service.security import raw_header, require_same_origin
 from musicrec.service.schemas import (
     EventAccepted, EventIn, EventWithNext, RecommendRequest, RecommendResponse, SessionEventOut, SessionOut, SongDetail,
     SongRecommendation, SongsPage,
@@ -95,12 +95,11 @@ async def json_only(request: Request) -> None:
     A ``before_request`` hook, run before the body is read: Litestar runs a sync guard in a worker
     thread, and even an async guard gets a copy of its route handler on every call, which cost more
     CPU than the rest of a POST /events (benchmarks/README.md)."""
-    for name, value in request.scope["headers"]:
-        if name == b"content-type":
-            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
-            if media != "application/json" and not media.endswith("+json"):
-                raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {media!r}")
-            return
+    declared = raw_header(request.scope["headers"], b"content-type")
+    if declared is not None:
+        media = declared.decode("latin-1").split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {media!r}")
 
 
 SONG = {"id": EXAMPLE_TRACK, "name": "Comedy", "artist": "Gen Hoshino", "genre": "acoustic", "popularity": 73}

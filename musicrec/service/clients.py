@@ -14,7 +14,7 @@ from litestar import Request, Response
 from litestar.datastructures import Cookie
 
 from musicrec.service.errors import BadRequest, Unauthorized
-from musicrec.service.security import API_KEY_STATE, Security
+from musicrec.service.security import API_KEY_STATE, Security, raw_header
 
 CLIENT_HEADER = "x-client-id"
 CLIENT_COOKIE = "client_id"
@@ -68,7 +68,7 @@ def client_id(request: Request, body_client_id: str | None = None) -> tuple[str,
     not ours (forged, unsigned, from another secret) is a new listener.
     """
     headers = request.scope["headers"]
-    header = next((value for name, value in headers if name == _HEADER_NAME), None)
+    header = raw_header(headers, _HEADER_NAME)
     if header is not None:
         if not may_name_listeners(request):
             raise Unauthorized(f"{CLIENT_HEADER} is honoured only with a valid API key "

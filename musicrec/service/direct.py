@@ -27,6 +27,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from musicrec.service.errors import ClientDisconnected
+from musicrec.service.security import raw_header
 
 _PLAIN_PAIR = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*)=([A-Za-z0-9_.\-]*)")
 
@@ -115,11 +116,9 @@ async def _read_body(scope: Scope, receive: Receive, limit: int | None) -> tuple
     """
     read: list[Message] = []
     if limit is not None:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > limit:
-                    return None, read
-                break
+        declared = raw_header(scope["headers"], b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return None, read
     size = 0
     while True:
         message = await receive()
@@ -131,8 +130,6 @@ async def _read_body(scope: Scope, receive: Receive, limit: int | None) -> tuple
             return None, read
         if not message.get("more_body", False):
             break
-    if len(read) == 1:
-        return read[0].get("body", b""), read
     return b"".join(m.get("body", b"") for m in read), read
 
 

@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from musicrec.logs import request_id
 from musicrec.service.clients import random_id
+from musicrec.service.security import raw_header
 
 HEADER: Final = b"x-request-id"
 _TOKEN: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -26,11 +27,9 @@ access = logging.getLogger("musicrec.access")
 
 def incoming_id(scope: Scope) -> str:
     """The caller's X-Request-Id when it is a plain token (1–128 of ``A-Za-z0-9._:-``), else a fresh random one."""
-    for name, value in scope["headers"]:
-        if name == HEADER:
-            if _TOKEN.fullmatch(value):
-                return value.decode("ascii")
-            break
+    value = raw_header(scope["headers"], HEADER)
+    if value is not None and _TOKEN.fullmatch(value):
+        return value.decode("ascii")
     return random_id()
 
 

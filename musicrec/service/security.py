@@ -62,6 +62,17 @@ class ApiKeys:
         return found
 
 
+def raw_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first ``name`` header's value (``name`` in lower case), from the raw ASGI headers.
+
+    Why: the request path reads a few single headers, and building Litestar's header map for
+    each of them cost more than the check that needed it."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The API key in ``Authorization: Bearer <key>`` or ``X-Api-Key`` (raw ASGI headers), if any."""
     for name, value in headers:
@@ -132,23 +143,13 @@ def is_same_origin(request: Request, trusted: frozenset[str] = frozenset()) -> b
     ``Origin`` decides when present (every browser sends it on a POST or DELETE); else Fetch
     Metadata (``Sec-Fetch-Site``); a request with neither comes from no web page (curl, an app).
     """
-    origin = _raw_header(request, b"origin")
-    if origin is not None:
-        origin = origin.lower()
+    headers = request.scope["headers"]
+    declared = raw_header(headers, b"origin")
+    if declared is not None:
+        origin = declared.decode("latin-1").lower()
         return origin == own_origin(request) or origin in trusted
-    site = _raw_header(request, b"sec-fetch-site")
-    return site is None or site in ("same-origin", "none")
-
-
-def _raw_header(request: Request, name: bytes) -> str | None:
-    """The first ``name`` header (lower case), read from the raw ASGI headers.
-
-    Why: every POST /events asks this, and building Litestar's header map for two names cost
-    more than the rest of the check."""
-    for key, value in request.scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    site = raw_header(headers, b"sec-fetch-site")
+    return site is None or site in (b"same-origin", b"none")
 
 
 def is_same_site_navigation(request: Request, trusted: frozenset[str] = frozenset()) -> bool:
