@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import msgspec
 
@@ -73,14 +73,20 @@ def _because_ids(engine: Engine, because: list[int]) -> list[str | None]:
         [ids[b] if b >= 0 else None for b in because]
 
 
-def _recommended(engine: Engine, ranked: Ranked) -> list[RecommendedTrack]:
+def _answer_columns(engine: Engine, ranked: Ranked, fields: Sequence[str]) -> Iterator[tuple]:
+    """Per answered track: the track table's ``fields``, then score, ``because`` id and reason.
+
+    Gathered as whole columns, not read track by track (the hot path)."""
     t, rows = engine.tracks, ranked.rows
+    return zip(*(getattr(t, name).take(rows).tolist() for name in fields), ranked.scores,
+               _because_ids(engine, ranked.because), ranked.reasons)
+
+
+def _recommended(engine: Engine, ranked: Ranked) -> list[RecommendedTrack]:
     return [RecommendedTrack(id=i, name=n, artist=a, album=al, genre=g, popularity=p, score=round(s, 6), because=b,
                              reason=why)
-            for i, n, a, al, g, p, s, b, why in zip(
-                t.ids.take(rows).tolist(), t.name.take(rows).tolist(), t.artist.take(rows).tolist(),
-                t.album.take(rows).tolist(), t.genre.take(rows).tolist(), t.popularity.take(rows).tolist(),
-                ranked.scores, _because_ids(engine, ranked.because), ranked.reasons)]
+            for i, n, a, al, g, p, s, b, why in _answer_columns(
+                engine, ranked, ("ids", "name", "artist", "album", "genre", "popularity"))]
 
 
 def recommend_tracks(engine: Engine, req: RecommendRequest) -> RecommendResponse:
@@ -100,12 +106,9 @@ def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *,
     """The listener's next tracks from their recent events (newest first); popular ones when empty."""
     session = seeds_from_events(((e.type, e.track_id) for e in events), engine.tracks.row_of, engine.recommender.params)
     query = Query(seeds=session.seeds, k=k, negatives=session.negatives, exclude=session.seen, diversity=diversity)
-    ranked = engine.recommender.rank(query)
-    t, rows = engine.tracks, ranked.rows
-    # Built directly from whole columns, not via Hits or RecommendedTrack (the hot path).
-    return [SongRecommendation(i, n, a, g, p, round(s, 6), b, why) for i, n, a, g, p, s, b, why in zip(
-        t.ids.take(rows).tolist(), t.name.take(rows).tolist(), t.artist.take(rows).tolist(), t.genre.take(rows).tolist(),
-        t.popularity.take(rows).tolist(), ranked.scores, _because_ids(engine, ranked.because), ranked.reasons)]
+    # Built directly from the columns, not via Hits or RecommendedTrack (the hot path).
+    return [SongRecommendation(i, n, a, g, p, round(s, 6), b, why) for i, n, a, g, p, s, b, why in _answer_columns(
+        engine, engine.recommender.rank(query), ("ids", "name", "artist", "genre", "popularity"))]
 
 
 def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,
