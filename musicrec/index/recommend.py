@@ -35,6 +35,11 @@ import numpy as np
 from musicrec.index.catalog import TrackTable
 from musicrec.index.colisten import ColistenTable
 
+try:
+    from musicrec.index import _kernel
+except ImportError:  # installed without a C compiler: numpy scores alone (Recommender warns)
+    _kernel = None
+
 log = logging.getLogger(__name__)
 
 VIEW, SKIP, LIKE = "track_view", "skip", "like"
@@ -190,7 +195,8 @@ class Recommender:
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
                  params: ScoringParams = ScoringParams(), *, memo: bool = True,
-                 neighbours: np.ndarray | None = None, colisten: ColistenTable | None = None) -> None:
+                 neighbours: np.ndarray | None = None, colisten: ColistenTable | None = None,
+                 compiled: bool = True) -> None:
         self.embeddings = embeddings
         self._vectors = np.asarray(embeddings)  # a plain view of a memmap: cheaper to index per request
         self.index = index
@@ -208,6 +214,11 @@ class Recommender:
         self._colisten_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._links_max = 200_000
         self._scratch = threading.local()  # per thread: see _positions
+        # The compiled kernel scores what it covers (``_score``); False keeps to numpy (the tests' reference).
+        self._kernel = _kernel if compiled else None
+        if compiled and _kernel is None:
+            log.warning("musicrec.index._kernel is not built (no C compiler at install?): scoring with numpy "
+                        "alone, several times slower per answer; reinstall with a compiler to build it")
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
@@ -305,31 +316,38 @@ class Recommender:
         if not len(candidates):
             return Ranked([], [], [], [])
         vecs = self._rows(candidates)
-        # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (set last, wins).
-        linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
-            if ctx.artist_weight > 0 or ctx.colisten is not None else None
         # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
         # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
         per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
+        penalty = None
+        if len(ctx.neg_rows):
+            neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
+            penalty = p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
+        mean = p.seed_power == 1.0 and len(ctx.seed_rows) > 1
+        if self._kernel is not None and q.diversity <= 0 and (math.isinf(p.seed_power) or mean or len(ctx.seed_rows) == 1):
+            # The rest of this method, numpy's arithmetic in one compiled call (musicrec/index/_kernel.c).
+            return Ranked(*self._kernel.score(
+                per_seed, candidates, ctx.seed_rows, ctx.weights, ctx.links.terms.per_seed if ctx.artist_weight > 0 else None,
+                ctx.artist_weight, ctx.colisten.terms.per_seed if ctx.colisten is not None else None, p.colisten_weight,
+                not math.isinf(p.seed_power), mean, t.popularity, p.popularity_weight / 100.0 if p.popularity_weight > 0 else 0.0,
+                penalty, t.song_key, q.k, self._positions(), _REASON_NAMES))
+        # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (set last, wins).
+        linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
+            if ctx.artist_weight > 0 or ctx.colisten is not None else None
         if not math.isinf(p.seed_power):
             np.maximum(per_seed, 0.0, out=per_seed)  # a power mean needs terms >= 0
-        positions = self._positions(candidates)
+        positions = self._positions()
+        positions[candidates] = np.arange(len(candidates), dtype=np.int32)
         try:
             if ctx.artist_weight > 0:
-                _add_sparse(per_seed, linked, positions, ctx.links.rows, ctx.links.seed, ctx.links.value,
-                            ctx.artist_weight, 1)
+                _add_sparse(per_seed, linked, positions, *ctx.links.terms.flat(), ctx.artist_weight, 1)
             if ctx.colisten is not None:
-                _add_sparse(per_seed, linked, positions, ctx.colisten.rows, ctx.colisten.seed, ctx.colisten.weight,
-                            p.colisten_weight, 2)
+                _add_sparse(per_seed, linked, positions, *ctx.colisten.terms.flat(), p.colisten_weight, 2)
         finally:
             positions[candidates] = -1  # the map is back to all -1 for the next request
         per_seed *= ctx.weights
         popularity = t.popularity.take(candidates)
         prior = (p.popularity_weight / 100.0) * popularity if p.popularity_weight > 0 else None
-        penalty = None
-        if len(ctx.neg_rows):
-            neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
-            penalty = p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         need = max(4 * q.k, 100) if q.diversity > 0 else q.k
         score, scored = _scores(per_seed, p.seed_power, prior, penalty, need if ctx.nonnegative else 0, t.song_key,
                                 candidates)
@@ -386,18 +404,15 @@ class Recommender:
         return links
 
     def _seed_links(self, seed_rows: np.ndarray) -> "_Links":
-        """The seeds' artist and album tracks, flattened once per request.
+        """The seeds' artist and album tracks for one request.
 
         ``candidates`` are the seeds' artists' tracks (capped, most popular first): tracks the
-        ANN may miss. The (row, seed, value) triples feed ``_add_sparse``.
+        ANN may miss. ``terms`` are each seed's a(s, c) entries.
         """
         per_seed = [self._track_links(row) for row in seed_rows.tolist()]
         capped = [links[0] for links in per_seed if len(links[0])]
         candidates = np.concatenate(capped) if capped else np.empty(0, np.int64)  # made unique with the ANN rows
-        lengths = [len(links[1]) for links in per_seed]
-        return _Links(candidates, np.concatenate([links[1] for links in per_seed]),
-                      np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
-                      np.concatenate([links[2] for links in per_seed]))
+        return _Links(candidates, _Terms(per_seed))
 
     def _song_allowed(self, banned_songs: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """Whether each song key is not among ``banned_songs``, from this thread's song-key-long flag map.
@@ -414,16 +429,16 @@ class Recommender:
         finally:
             allowed[banned_songs] = True
 
-    def _positions(self, candidates: np.ndarray) -> np.ndarray:
-        """A row -> position-in-``candidates`` map (-1 elsewhere): this thread's, reset by the caller.
+    def _positions(self) -> np.ndarray:
+        """This thread's catalog-long row -> candidate position map, all -1 between uses.
 
         Why: finding each seed's linked rows among the candidates by binary search cost more than
         the scoring around it; one gather from a catalog-long int32 map is a few microseconds.
+        Whoever fills it (``_score`` or the kernel) sets it back to -1.
         """
         positions = getattr(self._scratch, "positions", None)
         if positions is None:
             positions = self._scratch.positions = np.full(self.n, -1, dtype=np.int32)
-        positions[candidates] = np.arange(len(candidates), dtype=np.int32)
         return positions
 
     def _track_colisten(self, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -440,12 +455,9 @@ class Recommender:
     def _seed_colisten(self, seed_rows: np.ndarray) -> "_Colisten":
         """``ColistenTable.gather`` for the seeds (same entries, same order), from the per-track cache."""
         per_seed = [self._track_colisten(row) for row in seed_rows.tolist()]
-        lengths = [len(rows) for rows, _ in per_seed]
-        if not sum(lengths):
-            return _Colisten(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-        return _Colisten(np.repeat(np.arange(len(per_seed), dtype=np.int64), lengths),
-                         np.concatenate([rows for rows, _ in per_seed]),
-                         np.concatenate([weights for _, weights in per_seed]))
+        if not any(len(rows) for rows, _ in per_seed):
+            return _Colisten(np.empty(0, np.int64), _Terms(per_seed))
+        return _Colisten(np.concatenate([rows for rows, _ in per_seed]), _Terms(per_seed))
 
     def _filter_mask(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
         t = self.tracks
@@ -537,22 +549,37 @@ class NeighbourMemo:
 
 
 @dataclass(frozen=True)
+class _Terms:
+    """One request's sparse (seed, row) terms: per seed a tuple ending in (rows int64, values float32).
+
+    Kept per seed, as the per-track caches hold them: the kernel reads them so, and only the
+    numpy path pays for flattening them.
+    """
+
+    per_seed: list[tuple[np.ndarray, ...]]
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, seed, values) of every entry, seed by seed: ``_add_sparse``'s input."""
+        lengths = [len(entry[-2]) for entry in self.per_seed]
+        return (np.concatenate([entry[-2] for entry in self.per_seed]),
+                np.repeat(np.arange(len(self.per_seed), dtype=np.int64), lengths),
+                np.concatenate([entry[-1] for entry in self.per_seed]))
+
+
+@dataclass(frozen=True)
 class _Links:
     """The seeds' artist and album tracks for one request (see ``Recommender._seed_links``)."""
 
     candidates: np.ndarray   # int64 rows, repeats allowed (``recommend`` uniques them with the ANN rows)
-    rows: np.ndarray         # int64: for each seed, the rows it has an affinity with …
-    seed: np.ndarray         # … the seed (column) each belongs to
-    value: np.ndarray        # … and a(s, c), float32
+    terms: _Terms            # each seed's (…, rows it has an affinity with, a(s, c))
 
 
 @dataclass(frozen=True)
 class _Colisten:
     """The seeds' co-listened tracks for one request (``ColistenTable.gather``)."""
 
-    seed: np.ndarray    # int64: the seed (column) each entry belongs to
-    rows: np.ndarray    # int64 co-listened row
-    weight: np.ndarray  # float32 l(s, c)
+    rows: np.ndarray    # int64: every seed's co-listened rows, seed by seed
+    terms: _Terms       # each seed's (rows, l(s, c))
 
 
 @dataclass(frozen=True)
@@ -663,7 +690,8 @@ def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalt
     return score, cols
 
 
-_REASON_OF = np.array([SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED], dtype=object)  # by link flag
+_REASON_NAMES = (SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED)  # by link flag
+_REASON_OF = np.array(_REASON_NAMES, dtype=object)
 
 
 def _reasons(linked: np.ndarray | None, count: int) -> list[str]:

@@ -1,0 +1,149 @@
+"""The compiled scorer (musicrec/index/_kernel.c) against the numpy path it replaces: the same bits.
+
+Every answer is compared whole: rows, float scores, ``because`` and reasons, equal with ``==``,
+not within a tolerance. The catalog repeats songs under several ids with identical vectors, so
+ties between listings and the one-id-per-song rule are exercised, not only distinct scores.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from musicrec.index import recommend
+from musicrec.index.catalog import TrackTable
+from musicrec.index.faiss_index import build_index
+from musicrec.index.recommend import Filters, Query, Recommender, ScoringParams, Seed
+from musicrec.indexer.colisten import table_from_pairs
+
+N, DIM = 900, 32
+
+
+def _catalog() -> tuple[np.ndarray, TrackTable]:
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(N, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[600:] = vectors[:300]  # rows i and i + 600: one song (same name, same first artist), same sound
+    frame = pd.DataFrame({
+        "id": [f"t{i:04d}" for i in range(N)],
+        "name": [f"Song {i % 600}" for i in range(N)],
+        "artists": [f"Artist {i % 60}" + (f";Artist {(i * 7) % 60}" if i % 5 == 0 else "") for i in range(N)],
+        "artist": [f"Artist {i % 60}" for i in range(N)],
+        "album": [f"Album {i % 150}" if i % 9 else "" for i in range(N)],
+        "genre": ["pop", "rock", "jazz"] * (N // 3), "genres": ["pop", "rock", "jazz"] * (N // 3),
+        "popularity": rng.integers(0, 4, N) * 30,  # few values: ties on score are broken by popularity, then row
+        "explicit": rng.random(N) < 0.3,
+        "danceability": rng.random(N),
+    })
+    return vectors, TrackTable.from_frame(frame, ["danceability"])
+
+
+VECTORS, TRACKS = _catalog()
+INDEX = build_index(VECTORS, "flat")
+_rng = np.random.default_rng(5)
+_a, _b = _rng.integers(0, N, 4000), _rng.integers(0, N, 4000)
+COLISTEN = table_from_pairs(np.concatenate([_a, _b]), np.concatenate([_b, _a]),
+                            np.tile(_rng.uniform(0.01, 0.5, 4000).astype(np.float32), 2), N, top_n=30)
+
+
+def _pair(params: ScoringParams, vectors: np.ndarray = VECTORS) -> tuple[Recommender, Recommender]:
+    """(compiled, numpy) recommenders over the same catalog and parameters."""
+    made = [Recommender(vectors, build_index(vectors, "flat") if vectors is not VECTORS else INDEX, TRACKS, params,
+                        colisten=COLISTEN if params.colisten_weight > 0 else None, compiled=compiled)
+            for compiled in (True, False)]
+    return made[0], made[1]
+
+
+def test_the_kernel_is_built() -> None:
+    assert recommend._kernel is not None, (
+        "musicrec.index._kernel did not build: reinstall (pip install -e .) on a machine with a C compiler")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed_rows=st.lists(st.integers(0, N - 1), min_size=1, max_size=20, unique=True),
+    weights=st.lists(st.sampled_from([1.0, 0.8, 0.76, 0.5, 0.1, 0.0]), min_size=20, max_size=20),
+    negatives=st.lists(st.integers(0, N - 1), max_size=4, unique=True),
+    exclude=st.lists(st.integers(0, N - 1), max_size=6),
+    k=st.sampled_from([1, 5, 20, 60, 400]),
+    seed_power=st.sampled_from([math.inf, 1.0]),
+    artist_weight=st.sampled_from([0.0, 1.0, 2.0]),
+    colisten_weight=st.sampled_from([0.0, 3.0, 30.0]),
+    popularity_weight=st.sampled_from([0.0, 2.0]),
+)
+def test_compiled_answers_are_numpys_bit_for_bit(seed_rows, weights, negatives, exclude, k, seed_power, artist_weight,
+                                                 colisten_weight, popularity_weight) -> None:
+    """Max and mean over seeds, every term on and off, negatives, exclusions, k from 1 to past the catalog."""
+    params = ScoringParams(seed_power=seed_power, artist_weight=artist_weight, colisten_weight=colisten_weight,
+                           popularity_weight=popularity_weight)
+    compiled, reference = _pair(params)
+    query = Query(seeds=[Seed(r, w) for r, w in zip(seed_rows, weights)], k=k,
+                  negatives=[n for n in negatives if n not in seed_rows], exclude=exclude)
+    got, expected = compiled.rank(query), reference.rank(query)
+    assert got == expected
+    assert (compiled._scratch.positions == -1).all()
+
+
+@pytest.mark.parametrize("query", [
+    Query(seeds=[Seed(3, 1.0), Seed(603, 0.8)], k=10),  # two listings of one song as seeds
+    Query(seeds=[Seed(7, 1.0)], k=10, filters=Filters(explicit=False, min_popularity=30)),
+    Query(seeds=[Seed(7, 1.0), Seed(8, 1.0)], k=10, artist_weight=0.0),
+], ids=["duplicate-seeds", "filters", "per-query-artist-weight"])
+def test_compiled_answers_match_on_special_queries(query: Query) -> None:
+    compiled, reference = _pair(ScoringParams(colisten_weight=3.0))
+    assert compiled.rank(query) == reference.rank(query)
+
+
+def test_a_nan_vector_ranks_as_numpy_ranks_it() -> None:
+    """A NaN score sorts after every number, and a NaN cell wins the best seed, as in numpy."""
+    vectors = VECTORS.copy()
+    vectors[[10, 11, 12]] = np.nan
+    compiled, reference = _pair(ScoringParams(), vectors)
+    for seeds in ([Seed(10, 1.0), Seed(20, 0.9)], [Seed(20, 1.0), Seed(21, 0.9)]):
+        got, expected = compiled.rank(Query(seeds=seeds, k=N)), reference.rank(Query(seeds=seeds, k=N))
+        assert (got.rows, got.because, got.reasons) == (expected.rows, expected.because, expected.reasons)
+        assert np.array_equal(got.scores, expected.scores, equal_nan=True)
+
+
+def test_diversity_and_other_power_means_stay_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the kernel does not cover (MMR, power means other than max and mean) never reaches it."""
+    def refuse(*args: object) -> None:
+        raise AssertionError("the kernel was called")
+
+    monkeypatch.setattr(recommend, "_kernel", type("Refusing", (), {"score": staticmethod(refuse)}))
+    for params, diversity in ((ScoringParams(), 0.5), (ScoringParams(seed_power=2.0), 0.0)):
+        rec = Recommender(VECTORS, INDEX, TRACKS, params)
+        assert len(rec.rank(Query(seeds=[Seed(1, 1.0), Seed(2, 0.5)], k=10, diversity=diversity)).rows) == 10
+
+
+def test_bad_arrays_are_refused_and_leave_the_position_map_clean() -> None:
+    kernel = recommend._kernel
+    positions = np.full(N, -1, dtype=np.int32)
+    per_seed = np.zeros((1, 3), dtype=np.float32)
+    good = dict(per_seed=per_seed, candidates=np.array([1, 2, 3]), seed_rows=np.array([0]),
+                weights=np.ones(1, np.float32))
+
+    def call(**change: object) -> object:
+        a = {**good, **change}
+        return kernel.score(a["per_seed"], a["candidates"], a["seed_rows"], a["weights"],
+                            a.get("links", [(np.array([2]), np.array([1.0], np.float32))]), 1.0, None, 0.0, False,
+                            False, TRACKS.popularity, 0.0, None, TRACKS.song_key, 2, positions,
+                            recommend._REASON_NAMES)
+
+    rows, scores, because, reasons = call()
+    runner_up = 3 if TRACKS.popularity[3] > TRACKS.popularity[1] else 1  # a tie at 0: popularity, then row
+    assert rows == [2, runner_up] and scores == [1.0, 0.0] and because == [0, 0]
+    assert reasons == ["same artist", "sounds like"]
+    with pytest.raises(TypeError, match="candidates"):
+        call(candidates=np.array([1, 2, 3], dtype=np.int32))
+    with pytest.raises(ValueError, match="shapes"):
+        call(weights=np.ones(2, np.float32))
+    with pytest.raises(IndexError, match="outside the catalog"):
+        call(candidates=np.array([1, 2, N]))
+    with pytest.raises(TypeError, match="links"):
+        call(links=[(np.array([2]), np.array([1.0]))])  # float64 values
+    assert (positions == -1).all()
