@@ -386,15 +386,12 @@ class Recommender:
                   if artist_parts else np.empty(0, np.int64))
         album_rows = t.album_rows.get(t.album_key[row]) if t.album[row] else None
         parts = [*artist_parts, *([album_rows] if album_rows is not None else [])]
-        values = [np.full(len(rows), p.artist_share, dtype=np.float32) for rows in artist_parts]
-        if album_rows is not None:
-            values.append(np.ones(len(album_rows), dtype=np.float32))
         if parts:
-            rows = np.concatenate(parts).astype(np.int64)
-            vals = np.concatenate(values)
-            # One value per row: the last mark wins (the album's), as in sequential assignment.
-            last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
-            rows, vals = rows[last], vals[last]
+            # One value per row, sorted by row: the album's 1 wins over an artist's share.
+            rows = _unique(np.concatenate(parts).astype(np.int64))
+            vals = np.full(len(rows), p.artist_share, dtype=np.float32)
+            if album_rows is not None:
+                vals[np.searchsorted(rows, album_rows)] = 1.0
         else:
             rows, vals = np.empty(0, np.int64), np.empty(0, np.float32)
         links = (capped, rows, vals)
