@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from musicrec.index import recommend
 from musicrec.index.catalog import TrackTable
 from musicrec.index.faiss_index import build_index
-from musicrec.index.recommend import Filters, Query, Recommender, ScoringParams, Seed
+from musicrec.index.recommend import Filters, NeighbourMemo, Query, Recommender, ScoringParams, Seed
 from musicrec.indexer.colisten import table_from_pairs
 
 N, DIM = 900, 32
@@ -44,16 +44,24 @@ def _catalog() -> tuple[np.ndarray, TrackTable]:
 
 VECTORS, TRACKS = _catalog()
 INDEX = build_index(VECTORS, "flat")
+TABLE = NeighbourMemo.for_index(INDEX, N, ScoringParams().min_depth).fill(INDEX, VECTORS)  # as a build ships it
 _rng = np.random.default_rng(5)
 _a, _b = _rng.integers(0, N, 4000), _rng.integers(0, N, 4000)
 COLISTEN = table_from_pairs(np.concatenate([_a, _b]), np.concatenate([_b, _a]),
                             np.tile(_rng.uniform(0.01, 0.5, 4000).astype(np.float32), 2), N, top_n=30)
 
 
-def _pair(params: ScoringParams, vectors: np.ndarray = VECTORS) -> tuple[Recommender, Recommender]:
-    """(compiled, numpy) recommenders over the same catalog and parameters."""
-    made = [Recommender(vectors, build_index(vectors, "flat") if vectors is not VECTORS else INDEX, TRACKS, params,
-                        colisten=COLISTEN if params.colisten_weight > 0 else None, compiled=compiled)
+def _pair(params: ScoringParams, vectors: np.ndarray = VECTORS, table: bool = True) -> tuple[Recommender, Recommender]:
+    """(compiled, numpy) recommenders over the same catalog and parameters.
+
+    With the build's neighbour table the kernel also makes the candidates; without one (an older
+    version, searched on demand) numpy does, and the kernel only scores.
+    """
+    index = INDEX if vectors is VECTORS else build_index(vectors, "flat")
+    made = [Recommender(vectors, index, TRACKS, params, colisten=COLISTEN if params.colisten_weight > 0 else None,
+                        neighbours=(TABLE if vectors is VECTORS else
+                                    NeighbourMemo.for_index(index, N, params.min_depth).fill(index, vectors))
+                        if table else None, compiled=compiled)
             for compiled in (True, False)]
     return made[0], made[1]
 
@@ -74,18 +82,20 @@ def test_the_kernel_is_built() -> None:
     artist_weight=st.sampled_from([0.0, 1.0, 2.0]),
     colisten_weight=st.sampled_from([0.0, 3.0, 30.0]),
     popularity_weight=st.sampled_from([0.0, 2.0]),
+    table=st.booleans(),
 )
 def test_compiled_answers_are_numpys_bit_for_bit(seed_rows, weights, negatives, exclude, k, seed_power, artist_weight,
-                                                 colisten_weight, popularity_weight) -> None:
+                                                 colisten_weight, popularity_weight, table) -> None:
     """Max and mean over seeds, every term on and off, negatives, exclusions, k from 1 to past the catalog."""
     params = ScoringParams(seed_power=seed_power, artist_weight=artist_weight, colisten_weight=colisten_weight,
                            popularity_weight=popularity_weight)
-    compiled, reference = _pair(params)
+    compiled, reference = _pair(params, table=table)
     query = Query(seeds=[Seed(r, w) for r, w in zip(seed_rows, weights)], k=k,
                   negatives=[n for n in negatives if n not in seed_rows], exclude=exclude)
     got, expected = compiled.rank(query), reference.rank(query)
     assert got == expected
     assert (compiled._scratch.positions == -1).all()
+    assert not getattr(compiled._scratch, "marks", np.zeros(1, np.uint64)).any()
 
 
 @pytest.mark.parametrize("query", [
@@ -147,3 +157,23 @@ def test_bad_arrays_are_refused_and_leave_the_position_map_clean() -> None:
     with pytest.raises(TypeError, match="links"):
         call(links=[(np.array([2]), np.array([1.0]))])  # float64 values
     assert (positions == -1).all()
+
+
+def test_the_candidate_union_is_sorted_unique_and_leaves_the_bitmap_clean() -> None:
+    kernel = recommend._kernel
+    marks = np.zeros((N + 63) // 64, dtype=np.uint64)
+    seeds = np.array([4, 70])
+    extras = [np.array([899, 5, 5, 640]), np.array([], dtype=np.int64)]
+    banned = TRACKS.song_key.take(np.array([4, 70, 5]))  # seeds' and one extra's songs
+    out = np.empty(2 * 10 + 4, dtype=np.int64)
+    count = kernel.candidates(TABLE, seeds, 10, extras, TRACKS.song_key, banned, marks, out)
+    union = np.unique(np.concatenate([TABLE[seeds, :10].ravel(), *extras]))
+    expected = union[~np.isin(TRACKS.song_key[union], banned)]
+    assert out[:count].tolist() == expected.tolist() and not marks.any()
+    for bad, match in (({"out": np.empty(3, np.int64)}, "too small"), ({"seeds": np.array([N])}, "seed row"),
+                       ({"extras": [np.array([N + 5])]}, "extra row"), ({"depth": 500}, "shapes"),
+                       ({"extras": [np.array([1], np.int32)]}, "extras")):
+        a = {"seeds": seeds, "depth": 10, "extras": extras, "out": out, **bad}
+        with pytest.raises((ValueError, IndexError, TypeError), match=match):
+            kernel.candidates(TABLE, a["seeds"], a["depth"], a["extras"], TRACKS.song_key, banned, marks, a["out"])
+        assert not marks.any()

@@ -1,4 +1,8 @@
-/* musicrec.index._kernel: the scoring of Recommender._score after its matrix product, in one call.
+/* musicrec.index._kernel: a scored answer's numpy glue, in two calls (musicrec/index/recommend.py).
+ *
+ * candidates(): the seeds' neighbour-table rows and their artists' and co-listened tracks as one
+ * sorted, unique list without the banned songs, by a bitmap instead of concatenate-sort-mask.
+ * score(): Recommender._score after its matrix product.
  *
  * Why: after BLAS has made the seeds x candidates similarities, what is left (the sparse
  * artist and co-listening terms, seed weights, max or mean over seeds, the popularity prior,
@@ -21,7 +25,7 @@ static char kind_of(const char *format) {
     while (*format == '@' || *format == '=' || *format == '<') format++;
     switch (*format) {
         case 'b': case 'h': case 'i': case 'l': case 'q': return 'i';
-        case 'B': case '?': return 'u';
+        case 'B': case '?': case 'H': case 'I': case 'L': case 'Q': return 'u';
         case 'f': case 'd': return 'f';
         default: return 0;
     }
@@ -111,6 +115,15 @@ static int keyset_init(KeySet *s, Py_ssize_t items) {
 
 static void keyset_free(KeySet *s) { free(s->slot); free(s->used); }
 
+static int keyset_has(const KeySet *s, int32_t key) {
+    size_t at = ((uint32_t)key * 2654435761u) & s->mask;
+    while (s->used[at]) {
+        if (s->slot[at] == key) return 1;
+        at = (at + 1) & s->mask;
+    }
+    return 0;
+}
+
 /* 1 if `key` was new (and is now in the set), 0 if it was there. */
 static int keyset_add(KeySet *s, int32_t key) {
     size_t at = ((uint32_t)key * 2654435761u) & s->mask;
@@ -178,6 +191,7 @@ PyDoc_STRVAR(score_doc,
 "Recommender._score from its seeds x candidates product on (musicrec/index/recommend.py).");
 
 static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
     if (nargs != 17) {
         PyErr_Format(PyExc_TypeError, "score() takes 17 arguments (%zd given)", nargs);
         return NULL;
@@ -357,8 +371,122 @@ done:
     return result;
 }
 
+/* ---- candidates ------------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(candidates_doc,
+"candidates(table, seed_rows, depth, extras, song_key, banned_songs, marks, out) -> count\n\n"
+"The sorted union of each seed's first `depth` neighbour-table entries (negative ones skipped) and\n"
+"every row of the `extras` arrays, less the rows whose song key is in `banned_songs`, written to\n"
+"`out`. `marks` is a catalog-long bitmap (uint64 words), all zero before and after.");
+
+static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "candidates() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    PyObject *extras = args[3];
+    if (!PyList_Check(extras)) {
+        PyErr_SetString(PyExc_TypeError, "extras: expected a list of int64 arrays");
+        return NULL;
+    }
+    Py_buffer table_b = {0}, seed_b = {0}, key_b = {0}, banned_b = {0}, marks_b = {0}, out_b = {0};
+    PyObject *result = NULL;
+    KeySet banned = {0};
+    Py_ssize_t lo = PY_SSIZE_T_MAX, hi = -1, count = 0;
+    uint64_t *marks = NULL;
+
+    if (get(args[0], &table_b, 'i', 4, 0, "table") < 0) goto done;
+    if (get(args[1], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
+    if (get(args[4], &key_b, 'i', 4, 0, "song_key") < 0) goto done;
+    if (get(args[5], &banned_b, 'i', 4, 0, "banned_songs") < 0) goto done;
+    if (get(args[6], &marks_b, 'u', 8, 1, "marks") < 0) goto done;
+    if (get(args[7], &out_b, 'i', 8, 1, "out") < 0) goto done;
+    Py_ssize_t n = ITEMS(key_b), seeds = ITEMS(seed_b), capacity = ITEMS(out_b);
+    if (table_b.ndim != 2 || table_b.shape[0] != n || depth < 0 || depth > table_b.shape[1] ||
+        ITEMS(marks_b) * 64 < n) {
+        PyErr_SetString(PyExc_ValueError, "candidates(): array shapes do not agree");
+        goto done;
+    }
+    Py_ssize_t width = table_b.shape[1], needed = seeds * depth;
+    for (Py_ssize_t e = 0; e < PyList_GET_SIZE(extras); e++) {
+        PyObject *extra = PyList_GET_ITEM(extras, e);
+        Py_ssize_t size = PyObject_Length(extra);
+        if (size < 0) goto done;
+        needed += size;
+    }
+    if (capacity < needed) {
+        PyErr_SetString(PyExc_ValueError, "candidates(): out is too small");
+        goto done;
+    }
+    const int32_t *table = table_b.buf, *song_key = key_b.buf, *banned_keys = banned_b.buf;
+    const int64_t *seed_rows = seed_b.buf;
+    marks = marks_b.buf;
+    int64_t *out = out_b.buf;
+
+#define MARK(row) do { Py_ssize_t r_ = (row); marks[r_ >> 6] |= (uint64_t)1 << (r_ & 63); \
+                       if ((r_ >> 6) < lo) lo = r_ >> 6; if ((r_ >> 6) > hi) hi = r_ >> 6; } while (0)
+    for (Py_ssize_t s = 0; s < seeds; s++) {
+        int64_t row = seed_rows[s];
+        if (row < 0 || row >= n) {
+            PyErr_SetString(PyExc_IndexError, "candidates(): a seed row is outside the catalog");
+            goto done;
+        }
+        const int32_t *hits = table + row * width;
+        for (Py_ssize_t j = 0; j < depth; j++) {
+            int32_t hit = hits[j];
+            if (hit < 0) continue;   /* FAISS's "no more neighbours" */
+            if (hit >= n) {
+                PyErr_SetString(PyExc_IndexError, "candidates(): a neighbour row is outside the catalog");
+                goto done;
+            }
+            MARK(hit);
+        }
+    }
+    for (Py_ssize_t e = 0; e < PyList_GET_SIZE(extras); e++) {
+        Py_buffer extra_b;
+        if (get(PyList_GET_ITEM(extras, e), &extra_b, 'i', 8, 0, "extras") < 0) goto done;
+        const int64_t *rows = extra_b.buf;
+        for (Py_ssize_t i = 0; i < ITEMS(extra_b); i++) {
+            if (rows[i] < 0 || rows[i] >= n) {
+                PyBuffer_Release(&extra_b);
+                PyErr_SetString(PyExc_IndexError, "candidates(): an extra row is outside the catalog");
+                goto done;
+            }
+            MARK(rows[i]);
+        }
+        PyBuffer_Release(&extra_b);
+    }
+#undef MARK
+    if (keyset_init(&banned, ITEMS(banned_b)) < 0) goto done;
+    for (Py_ssize_t i = 0; i < ITEMS(banned_b); i++) keyset_add(&banned, banned_keys[i]);
+    for (Py_ssize_t w = lo; w <= hi; w++) {   /* set bits in order: sorted and unique */
+        uint64_t word = marks[w];
+        while (word) {
+            Py_ssize_t row = (w << 6) + __builtin_ctzll(word);
+            word &= word - 1;
+            if (!keyset_has(&banned, song_key[row])) out[count++] = row;
+        }
+    }
+    result = PyLong_FromSsize_t(count);
+
+done:
+    if (marks && hi >= 0) memset(marks + lo, 0, (size_t)(hi - lo + 1) * sizeof(uint64_t));
+    keyset_free(&banned);
+    if (table_b.obj) PyBuffer_Release(&table_b);
+    if (seed_b.obj) PyBuffer_Release(&seed_b);
+    if (key_b.obj) PyBuffer_Release(&key_b);
+    if (banned_b.obj) PyBuffer_Release(&banned_b);
+    if (marks_b.obj) PyBuffer_Release(&marks_b);
+    if (out_b.obj) PyBuffer_Release(&out_b);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"score", (PyCFunction)(void (*)(void))score, METH_FASTCALL, score_doc},
+    {"candidates", (PyCFunction)(void (*)(void))candidates, METH_FASTCALL, candidates_doc},
     {NULL, NULL, 0, NULL},
 };
 

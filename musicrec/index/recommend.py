@@ -18,8 +18,10 @@ on the dev playlists (benchmarks/quality.py), apply. ``because`` is the seed tha
 candidate its largest term, and ``reason`` says what linked them.
 
 Candidates are each seed's ANN neighbours, its artists' tracks and its co-listened tracks;
-everything is vectorised numpy over a few thousand of them, and the catalog is only scanned
-in full when filters leave too few hits (exact fallback).
+a few thousand of them per answer, scored with one BLAS product and vectorised numpy, and the
+catalog is only scanned in full when filters leave too few hits (exact fallback). Where it
+covers the query, the compiled kernel (``_kernel.c``) does the union of the candidates and the
+scoring after the product in one call each, with numpy's arithmetic: the same answer, bit for bit.
 """
 from __future__ import annotations
 
@@ -249,20 +251,33 @@ class Recommender:
         extra = [ctx.links.candidates] if ctx.links is not None else []
         if colisten is not None:
             extra.append(colisten.rows)
-        affinity_rows = np.concatenate(extra) if extra else np.empty(0, np.int64)
 
         depth = max(p.min_depth, query.k + len(banned) + 16)
         for _ in range(p.max_rounds):
             if depth * 4 >= self.n:
                 break  # a search this deep costs as much as the exact scan below
-            ann = self._search(seed_rows, seed_vecs, depth)
-            hits = self._score(_unique_rows(ann, affinity_rows), ctx)
+            hits = self._score(self._candidates(seed_rows, seed_vecs, depth, extra, ctx.banned_songs), ctx)
             if len(hits.rows) >= query.k:
                 return hits
             depth *= 4
         # Exact fallback: every row that passes the filters, so k hits come back whenever k exist.
         everything = np.arange(self.n, dtype=np.int64)
+        everything = everything[self._song_allowed(ctx.banned_songs, self.tracks.song_key)]
         return self._score(everything[self._filter_mask(everything, query.filters)], ctx)
+
+    def _candidates(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int, extra: list[np.ndarray],
+                    banned_songs: np.ndarray) -> np.ndarray:
+        """Sorted unique int64 rows: each seed's ``depth`` nearest tracks and the ``extra`` rows, less banned songs."""
+        memo = self._memo
+        if self._kernel is not None and memo is not None and memo.complete and memo.serves(depth):
+            out = np.empty(len(seed_rows) * depth + sum(len(rows) for rows in extra), dtype=np.int64)
+            count = self._kernel.candidates(memo.table, seed_rows, depth, extra, self.tracks.song_key, banned_songs,
+                                            self._marks(), out)
+            return out[:count]
+        rows = _unique_rows(self._search(seed_rows, seed_vecs, depth),
+                            np.concatenate(extra) if extra else np.empty(0, np.int64))
+        # A banned row's song key is among the banned songs, so one lookup covers both.
+        return rows[self._song_allowed(banned_songs, self.tracks.song_key.take(rows))]
 
     def _search(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
         """Row numbers of each seed's ``depth`` nearest tracks (any order, repeats allowed).
@@ -303,14 +318,12 @@ class Recommender:
 
     # -- internals ------------------------------------------------------------------------
     def _score(self, candidates: np.ndarray, ctx: "_Context") -> Ranked:
-        """Score sorted, unique candidate rows; the best ``k`` distinct songs, best first, as columns.
+        """Score sorted, unique candidate rows (no banned song among them); the best ``k`` distinct songs, best first.
 
         Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
         (numpy's max/argmax along a short last axis cost more than the product itself).
         """
         t, p, q = self.tracks, ctx.params, ctx.query
-        # A banned row's song key is among the banned songs, so one lookup covers both.
-        candidates = candidates[self._song_allowed(ctx.banned_songs, t.song_key.take(candidates))]
         if q.filters.active:
             candidates = candidates[self._filter_mask(candidates, q.filters)]
         if not len(candidates):
@@ -425,6 +438,13 @@ class Recommender:
             return allowed.take(keys)
         finally:
             allowed[banned_songs] = True
+
+    def _marks(self) -> np.ndarray:
+        """This thread's catalog-long bitmap (uint64 words) for the kernel's candidate union, zero between uses."""
+        marks = getattr(self._scratch, "marks", None)
+        if marks is None:
+            marks = self._scratch.marks = np.zeros((self.n + 63) // 64, dtype=np.uint64)
+        return marks
 
     def _positions(self) -> np.ndarray:
         """This thread's catalog-long row -> candidate position map, all -1 between uses.
