@@ -177,3 +177,14 @@ def test_the_candidate_union_is_sorted_unique_and_leaves_the_bitmap_clean() -> N
         with pytest.raises((ValueError, IndexError, TypeError), match=match):
             kernel.candidates(TABLE, a["seeds"], a["depth"], a["extras"], TRACKS.song_key, banned, marks, a["out"])
         assert not marks.any()
+
+
+def test_without_the_kernel_numpy_scores_and_the_log_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    query = Query(seeds=[Seed(1, 1.0), Seed(2, 0.8)], k=10)
+    expected = _pair(ScoringParams())[0].rank(query)
+    monkeypatch.setattr(recommend, "_kernel", None)
+    with caplog.at_level("WARNING", logger="musicrec.index.recommend"):
+        rec = Recommender(VECTORS, INDEX, TRACKS, ScoringParams(), neighbours=TABLE)
+    assert "not built" in caplog.text
+    assert rec.rank(query) == expected
