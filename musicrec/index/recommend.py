@@ -192,7 +192,8 @@ class Recommender:
     """Scores candidates for one artefact version; safe for concurrent searches.
 
     Its mutable state is the neighbour memo and the per-track link caches, which never change an
-    answer, and a per-thread row -> position map that every scoring leaves as it found it.
+    answer, and per-thread scratch maps (row -> position, banned songs, the candidate bitmap) that
+    every scoring leaves as it found it.
     """
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
