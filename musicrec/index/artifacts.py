@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,16 +230,37 @@ def _check_scaler(version_dir: Path, scaler: Any, features: list[str]) -> None:
 
 
 def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
-    """Load and cross-check one version; refuses a mismatched or corrupt set with ArtifactError."""
+    """Load and cross-check one version; refuses a mismatched or corrupt set with ArtifactError.
+
+    With ``verify`` the files are hashed in a second thread while they are read (hashlib and file
+    reads release the GIL), since hashing a large version takes about as long as reading it; a
+    file whose checksum does not match is reported as such, even when reading it failed first.
+    """
     version_dir = resolve_version_dir(path)
     manifest = read_manifest(version_dir)
     listed = [*DATA_FILES, *(name for name in OPTIONAL_FILES if name in manifest.checksums)]
     for name in listed:
-        file = version_dir / name
-        if not file.is_file():
+        if not (version_dir / name).is_file():
             raise ArtifactError(f"{version_dir}: {name} is missing")
-        if verify and manifest.checksums.get(name) != sha256_file(file):
-            raise ArtifactError(f"{file}: checksum does not match the manifest (corrupt or replaced file)")
+    with ThreadPoolExecutor(1, thread_name_prefix="artefact-hash") as hasher:
+        sums = {name: hasher.submit(sha256_file, version_dir / name) for name in listed} if verify else {}
+        try:
+            loaded = _read_version(version_dir, manifest, listed)
+        except Exception:
+            _compare_checksums(version_dir, manifest, sums)  # a replaced file is named as one, not as unreadable
+            raise
+        _compare_checksums(version_dir, manifest, sums)
+    return _checked(version_dir, manifest, *loaded)
+
+
+def _compare_checksums(version_dir: Path, manifest: Manifest, sums: dict[str, Future[str]]) -> None:
+    for name, digest in sums.items():  # in the order they were listed and hashed
+        if manifest.checksums.get(name) != digest.result():
+            raise ArtifactError(f"{version_dir / name}: checksum does not match the manifest (corrupt or replaced file)")
+
+
+def _read_version(version_dir: Path, manifest: Manifest, listed: list[str]) -> tuple:
+    """The version's readers, each failure as the one ArtifactError its callers handle."""
     try:
         embeddings = np.load(version_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         index = load_index(version_dir / INDEX)
@@ -261,6 +283,12 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         # header is an OverflowError, one cut mid-tuple a tokenize.TokenError. Whatever the way, the
         # version cannot be read, and the caller (start-up, hot reload) must get the one error it handles.
         raise ArtifactError(f"{version_dir}: cannot read artefacts: {type(exc).__name__}: {exc}") from exc
+    return embeddings, index, tracks, scaler, neighbours, table
+
+
+def _checked(version_dir: Path, manifest: Manifest, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
+             scaler: dict[str, Any], neighbours: np.ndarray | None, table: ColistenTable | None) -> Artifacts:
+    """The read version, once its arrays agree with the manifest and each other."""
     n, dim = manifest.n_tracks, manifest.dim
     check_array(version_dir, EMBEDDINGS, embeddings, dtype=np.float32, shape=(n, dim), finite=True)
     if index.ntotal != n or index.d != dim:
