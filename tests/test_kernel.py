@@ -161,7 +161,7 @@ def test_bad_arrays_are_refused_and_leave_the_position_map_clean() -> None:
 
 def test_the_candidate_union_is_sorted_unique_and_leaves_the_bitmap_clean() -> None:
     kernel = recommend._kernel
-    marks = np.zeros((N + 63) // 64, dtype=np.uint64)
+    marks = np.zeros(kernel.bitmap_words(N), dtype=np.uint64)
     seeds = np.array([4, 70])
     extras = [np.array([899, 5, 5, 640]), np.array([], dtype=np.int64)]
     banned = TRACKS.song_key.take(np.array([4, 70, 5]))  # seeds' and one extra's songs

@@ -373,11 +373,42 @@ done:
 
 /* ---- candidates ------------------------------------------------------------------------------ */
 
+/* uint64 words of the two-level bitmap for n rows: a bit per row, then a bit per word of those. */
+static Py_ssize_t bitmap_words(Py_ssize_t n) {
+    Py_ssize_t words = (n + 63) / 64;
+    return words + (words + 63) / 64;
+}
+
+/* Every marked row in order (sorted and unique), cleared as it is read; with `out`, those whose
+ * song key is not in `banned` are written there. Returns how many were written. */
+static Py_ssize_t drain(uint64_t *marks, uint64_t *summary, Py_ssize_t n, const KeySet *banned,
+                        const int32_t *song_key, int64_t *out) {
+    Py_ssize_t count = 0, summary_words = ((n + 63) / 64 + 63) / 64;
+    for (Py_ssize_t s = 0; s < summary_words; s++) {
+        uint64_t marked = summary[s];
+        if (!marked) continue;
+        summary[s] = 0;
+        while (marked) {
+            Py_ssize_t w = (s << 6) + __builtin_ctzll(marked);
+            marked &= marked - 1;
+            uint64_t word = marks[w];
+            marks[w] = 0;
+            while (out && word) {
+                Py_ssize_t row = (w << 6) + __builtin_ctzll(word);
+                word &= word - 1;
+                if (!keyset_has(banned, song_key[row])) out[count++] = row;
+            }
+        }
+    }
+    return count;
+}
+
 PyDoc_STRVAR(candidates_doc,
 "candidates(table, seed_rows, depth, extras, song_key, banned_songs, marks, out) -> count\n\n"
 "The sorted union of each seed's first `depth` neighbour-table entries (negative ones skipped) and\n"
 "every row of the `extras` arrays, less the rows whose song key is in `banned_songs`, written to\n"
-"`out`. `marks` is a catalog-long bitmap (uint64 words), all zero before and after.");
+"`out`. `marks` is a two-level bitmap, all zero before and after: one bit per row (bitmap_words(n)\n"
+"uint64 words), then one bit per word of those, so reading the rows back visits only marked words.");
 
 static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -395,8 +426,8 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_buffer table_b = {0}, seed_b = {0}, key_b = {0}, banned_b = {0}, marks_b = {0}, out_b = {0};
     PyObject *result = NULL;
     KeySet banned = {0};
-    Py_ssize_t lo = PY_SSIZE_T_MAX, hi = -1, count = 0;
-    uint64_t *marks = NULL;
+    Py_ssize_t count = 0;
+    uint64_t *marks = NULL, *summary = NULL;
 
     if (get(args[0], &table_b, 'i', 4, 0, "table") < 0) goto done;
     if (get(args[1], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
@@ -406,7 +437,7 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (get(args[7], &out_b, 'i', 8, 1, "out") < 0) goto done;
     Py_ssize_t n = ITEMS(key_b), seeds = ITEMS(seed_b), capacity = ITEMS(out_b);
     if (table_b.ndim != 2 || table_b.shape[0] != n || depth < 0 || depth > table_b.shape[1] ||
-        ITEMS(marks_b) * 64 < n) {
+        ITEMS(marks_b) < bitmap_words(n)) {
         PyErr_SetString(PyExc_ValueError, "candidates(): array shapes do not agree");
         goto done;
     }
@@ -424,10 +455,11 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
     const int32_t *table = table_b.buf, *song_key = key_b.buf, *banned_keys = banned_b.buf;
     const int64_t *seed_rows = seed_b.buf;
     marks = marks_b.buf;
+    summary = marks + (n + 63) / 64;
     int64_t *out = out_b.buf;
 
 #define MARK(row) do { Py_ssize_t r_ = (row); marks[r_ >> 6] |= (uint64_t)1 << (r_ & 63); \
-                       if ((r_ >> 6) < lo) lo = r_ >> 6; if ((r_ >> 6) > hi) hi = r_ >> 6; } while (0)
+                       summary[r_ >> 12] |= (uint64_t)1 << ((r_ >> 6) & 63); } while (0)
     for (Py_ssize_t s = 0; s < seeds; s++) {
         int64_t row = seed_rows[s];
         if (row < 0 || row >= n) {
@@ -462,18 +494,11 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
 #undef MARK
     if (keyset_init(&banned, ITEMS(banned_b)) < 0) goto done;
     for (Py_ssize_t i = 0; i < ITEMS(banned_b); i++) keyset_add(&banned, banned_keys[i]);
-    for (Py_ssize_t w = lo; w <= hi; w++) {   /* set bits in order: sorted and unique */
-        uint64_t word = marks[w];
-        while (word) {
-            Py_ssize_t row = (w << 6) + __builtin_ctzll(word);
-            word &= word - 1;
-            if (!keyset_has(&banned, song_key[row])) out[count++] = row;
-        }
-    }
+    count = drain(marks, summary, n, &banned, song_key, out);
     result = PyLong_FromSsize_t(count);
 
 done:
-    if (marks && hi >= 0) memset(marks + lo, 0, (size_t)(hi - lo + 1) * sizeof(uint64_t));
+    if (marks && !result) drain(marks, summary, n, NULL, NULL, NULL);   /* an error: only clear */
     keyset_free(&banned);
     if (table_b.obj) PyBuffer_Release(&table_b);
     if (seed_b.obj) PyBuffer_Release(&seed_b);
@@ -484,7 +509,16 @@ done:
     return result;
 }
 
+static PyObject *py_bitmap_words(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) { PyErr_SetString(PyExc_ValueError, "bitmap_words(): n must be >= 0"); return NULL; }
+    return PyLong_FromSsize_t(bitmap_words(n));
+}
+
 static PyMethodDef methods[] = {
+    {"bitmap_words", py_bitmap_words, METH_O, "bitmap_words(n): the uint64 words candidates() needs as marks for n rows."},
     {"score", (PyCFunction)(void (*)(void))score, METH_FASTCALL, score_doc},
     {"candidates", (PyCFunction)(void (*)(void))candidates, METH_FASTCALL, candidates_doc},
     {NULL, NULL, 0, NULL},

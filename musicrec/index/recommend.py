@@ -444,10 +444,10 @@ class Recommender:
             allowed[banned_songs] = True
 
     def _marks(self) -> np.ndarray:
-        """This thread's catalog-long bitmap (uint64 words) for the kernel's candidate union, zero between uses."""
+        """This thread's catalog-long bitmap for the kernel's candidate union (``candidates``), zero between uses."""
         marks = getattr(self._scratch, "marks", None)
         if marks is None:
-            marks = self._scratch.marks = np.zeros((self.n + 63) // 64, dtype=np.uint64)
+            marks = self._scratch.marks = np.zeros(self._kernel.bitmap_words(self.n), dtype=np.uint64)
         return marks
 
     def _positions(self) -> np.ndarray:
