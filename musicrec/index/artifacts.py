@@ -246,10 +246,8 @@ def load_artifacts(path: str | Path, *, verify: bool = True) -> Artifacts:
         sums = {name: hasher.submit(sha256_file, version_dir / name) for name in listed} if verify else {}
         try:
             loaded = _read_version(version_dir, manifest, listed)
-        except Exception:
-            _compare_checksums(version_dir, manifest, sums)  # a replaced file is named as one, not as unreadable
-            raise
-        _compare_checksums(version_dir, manifest, sums)
+        finally:  # also after a failed read: a replaced file is named as one, not as unreadable
+            _compare_checksums(version_dir, manifest, sums)
     return _checked(version_dir, manifest, *loaded)
 
 
