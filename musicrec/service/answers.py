@@ -5,14 +5,33 @@ session, ``k`` and ``diversity``: the scorer's own memos never change an answer.
 without a new event (a page view in the web UI, an app refreshing its queue, a retry) returns
 the same bytes, so they are kept, already JSON, in a bounded LRU per worker. Any event changes
 the key, and a new model version never sees the old one's entries, which age out.
+
+A key is one msgpack ``bytes`` (``answer_key``), not a tuple of (type, track) tuples: the cache
+holds thousands of keys, and as tuples they were most of the objects the garbage collector had to
+walk. In the player mix every answer adds an entry and evicts one, so the young generation filled
+with them between collections, and the full collections that walked them all paused a worker long
+enough to shed requests (benchmarks/README.md).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
+
+import msgspec
 
 from musicrec.service.lru import LRU
+from musicrec.service.sessions import SessionEvent
 
-AnswerKey = tuple[str, tuple[tuple[str, str], ...], int, float]
+AnswerKey = bytes
+_encode_key = msgspec.msgpack.Encoder().encode
+
+
+def answer_key(model_version: str, events: Sequence[SessionEvent], k: int, diversity: float) -> AnswerKey:
+    """What an answer depends on, as one object: msgpack's length-prefixed strings keep it exact."""
+    parts: list[str | int | float] = [model_version, k, diversity]
+    for event in events:
+        parts.append(event.type)
+        parts.append(event.track_id)
+    return _encode_key(parts)
 
 
 class AnswerCache:

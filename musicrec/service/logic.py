@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 import msgspec
 
-from musicrec.service.answers import AnswerCache
+from musicrec.service.answers import AnswerCache, answer_key
 from musicrec.service.clients import random_id
 from musicrec.index.engine import Engine
 from musicrec.service.errors import BadRequest, NotFound
@@ -114,7 +114,7 @@ def recommend_session(engine: Engine, events: Sequence[SessionEvent], k: int, *,
 def session_answer(engine: Engine, answers: AnswerCache, events: Sequence[SessionEvent], k: int, *,
                    diversity: float = 0.0) -> bytes:
     """``recommend_session`` as JSON, from the answer cache when this exact session was answered before."""
-    key = (engine.model_version, tuple((e.type, e.track_id) for e in events), k, diversity)
+    key = answer_key(engine.model_version, events, k, diversity)
     return answers.get_or_compute(key, lambda: _encode(recommend_session(engine, events, k, diversity=diversity)))
 
 
