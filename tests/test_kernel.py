@@ -149,13 +149,13 @@ def test_diversity_and_other_power_means_stay_with_numpy(monkeypatch: pytest.Mon
 def test_bad_arrays_are_refused_and_leave_the_position_map_clean() -> None:
     kernel = recommend._kernel
     positions = np.full(N, -1, dtype=np.int32)
-    per_seed = np.zeros((1, 3), dtype=np.float32)
-    good = dict(per_seed=per_seed, candidates=np.array([1, 2, 3]), seed_rows=np.array([0]),
+    sims = np.zeros((3, 1), dtype=np.float32)  # candidates x seeds
+    good = dict(sims=sims, candidates=np.array([1, 2, 3]), seed_rows=np.array([0]),
                 weights=np.ones(1, np.float32))
 
     def call(**change: object) -> object:
         a = {**good, **change}
-        return kernel.score(a["per_seed"], a["candidates"], a["seed_rows"], a["weights"],
+        return kernel.score(a["sims"], a["candidates"], a["seed_rows"], a["weights"],
                             a.get("links", [(np.array([2]), np.array([1.0], np.float32))]), 1.0, None, 0.0, False,
                             False, TRACKS.popularity, 0.0, None, TRACKS.song_key, 2, positions,
                             recommend._REASON_NAMES)

@@ -4,7 +4,7 @@
  * sorted, unique list without the banned songs, by a bitmap instead of concatenate-sort-mask.
  * score(): Recommender._score after its matrix product.
  *
- * Why: after BLAS has made the seeds x candidates similarities, what is left (the sparse
+ * Why: after BLAS has made the candidates x seeds similarities, what is left (the sparse
  * artist and co-listening terms, seed weights, max or mean over seeds, the popularity prior,
  * the skip penalty, ranking with its tie-breaks, one id per song, the best seed and the reason)
  * is a few dozen numpy calls of a few microseconds each: most of a scored answer's time. Here it
@@ -138,12 +138,11 @@ static int keyset_add(KeySet *s, int32_t key) {
 
 /* ---- the sparse terms ------------------------------------------------------------------------ */
 
-/* per_seed[s, c] += (float)weight * value for each of seed s's (row, value) pairs whose row is
- * candidate c (positions: row -> column, -1 elsewhere); the cell's link flag becomes `flag`.
+/* sims[c, s] += (float)weight * value for each of seed s's (row, value) pairs whose row is
+ * candidate c (positions: row -> candidate, -1 elsewhere); the cell's link flag becomes `flag`.
  * Seed s's pairs are the last two items of the list's s-th tuple: (..., rows int64, values float32). */
-static int add_sparse(float *per_seed, uint8_t *linked, const int32_t *positions, Py_ssize_t n,
-                      Py_ssize_t columns, PyObject *per_seed_pairs, Py_ssize_t seeds, double weight,
-                      uint8_t flag, const char *name) {
+static int add_sparse(float *sims, uint8_t *linked, const int32_t *positions, Py_ssize_t n,
+                      PyObject *per_seed_pairs, Py_ssize_t seeds, double weight, uint8_t flag, const char *name) {
     if (!PyList_Check(per_seed_pairs) || PyList_GET_SIZE(per_seed_pairs) != seeds) {
         PyErr_Format(PyExc_TypeError, "%s: expected a list of one (rows, values) pair per seed", name);
         return -1;
@@ -167,14 +166,12 @@ static int add_sparse(float *per_seed, uint8_t *linked, const int32_t *positions
             PyBuffer_Release(&rows); PyBuffer_Release(&values);
             return -1;
         }
-        float *cells = per_seed + s * columns;
-        uint8_t *flags = linked + s * columns;
         for (Py_ssize_t i = 0; i < count; i++) {
             if (r[i] < 0 || r[i] >= n) continue;
             int32_t c = positions[r[i]];
             if (c < 0) continue;
-            cells[c] += w * v[i];
-            flags[c] = flag;
+            sims[c * seeds + s] += w * v[i];
+            linked[c * seeds + s] = flag;
         }
         PyBuffer_Release(&rows);
         PyBuffer_Release(&values);
@@ -185,10 +182,10 @@ static int add_sparse(float *per_seed, uint8_t *linked, const int32_t *positions
 /* ---- score ----------------------------------------------------------------------------------- */
 
 PyDoc_STRVAR(score_doc,
-"score(per_seed, candidates, seed_rows, weights, links, artist_weight, colisten, colisten_weight,\n"
+"score(sims, candidates, seed_rows, weights, links, artist_weight, colisten, colisten_weight,\n"
 "      clamp, mean, popularity, popularity_scale, penalty, song_key, k, positions, reasons)\n"
 "-> (rows, scores, because, reasons)\n\n"
-"Recommender._score from its seeds x candidates product on (musicrec/index/recommend.py).");
+"Recommender._score from its candidates x seeds product on (musicrec/index/recommend.py).");
 
 static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -196,7 +193,7 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_Format(PyExc_TypeError, "score() takes 17 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_buffer per_seed_b = {0}, cand_b = {0}, seed_b = {0}, weight_b = {0}, pop_b = {0}, pen_b = {0},
+    Py_buffer sims_b = {0}, cand_b = {0}, seed_b = {0}, weight_b = {0}, pop_b = {0}, pen_b = {0},
               key_b = {0}, pos_b = {0};
     PyObject *links = args[4], *colisten = args[6], *penalty = args[12], *reason_names = args[16];
     PyObject *result = NULL, *rows_out = NULL, *scores_out = NULL, *because_out = NULL, *reasons_out = NULL;
@@ -218,7 +215,7 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
 
-    if (get(args[0], &per_seed_b, 'f', 4, 1, "per_seed") < 0) goto done;
+    if (get(args[0], &sims_b, 'f', 4, 1, "sims") < 0) goto done;
     if (get(args[1], &cand_b, 'i', 8, 0, "candidates") < 0) goto done;
     if (get(args[2], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
     if (get(args[3], &weight_b, 'f', 4, 0, "weights") < 0) goto done;
@@ -232,9 +229,9 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     const int16_t *popularity = pop_b.buf;
     const int32_t *song_key = key_b.buf;
     int32_t *positions = pos_b.buf;
-    float *per_seed = per_seed_b.buf;
+    float *sims = sims_b.buf;   /* sims[c * seeds + s]: candidate c's similarity to seed s, as BLAS wrote it */
     const float *weights = weight_b.buf;
-    if (ITEMS(per_seed_b) != seeds * columns || ITEMS(weight_b) != seeds || seeds < 1 ||
+    if (ITEMS(sims_b) != seeds * columns || ITEMS(weight_b) != seeds || seeds < 1 ||
         (penalty != Py_None && ITEMS(pen_b) != columns) || ITEMS(pop_b) != n || ITEMS(key_b) != n) {
         PyErr_SetString(PyExc_ValueError, "score(): array shapes do not agree");
         goto done;
@@ -249,7 +246,7 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
 
     if (clamp) {   /* np.maximum(per_seed, 0.0): a power mean needs terms >= 0 (NaN stays NaN) */
         for (Py_ssize_t i = 0; i < seeds * columns; i++)
-            per_seed[i] = per_seed[i] < 0.0f ? 0.0f : per_seed[i];
+            sims[i] = sims[i] < 0.0f ? 0.0f : sims[i];
     }
     int sparse = links != Py_None || colisten != Py_None;
     if (sparse) {
@@ -257,42 +254,33 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         if (!linked) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t c = 0; c < columns; c++) positions[candidates[c]] = (int32_t)c;
         positions_set = 1;
-        if (links != Py_None && add_sparse(per_seed, linked, positions, n, columns, links, seeds, artist_weight, 1,
-                                           "links") < 0) goto done;
-        if (colisten != Py_None && add_sparse(per_seed, linked, positions, n, columns, colisten, seeds,
-                                              colisten_weight, 2, "colisten") < 0) goto done;
+        if (links != Py_None && add_sparse(sims, linked, positions, n, links, seeds, artist_weight, 1, "links") < 0)
+            goto done;
+        if (colisten != Py_None && add_sparse(sims, linked, positions, n, colisten, seeds, colisten_weight, 2,
+                                              "colisten") < 0) goto done;
     }
     score = malloc((size_t)(columns ? columns : 1) * sizeof(float));
     col_pop = malloc((size_t)(columns ? columns : 1) * sizeof(int16_t));
     if (!score || !col_pop) { PyErr_NoMemory(); goto done; }
-    /* per_seed *= weights[:, None], then its max or mean over seeds. The products are not written
-     * back: the best seed of the few chosen columns is found from them again below. */
-    {
-        const float w0 = weights[0];
-        for (Py_ssize_t c = 0; c < columns; c++) score[c] = per_seed[c] * w0;
-    }
-    if (mean && seeds > 1) {   /* per_seed.mean(axis=0): rows summed in order, then float64 division */
-        for (Py_ssize_t s = 1; s < seeds; s++) {
-            const float w = weights[s], *cells = per_seed + s * columns;
-            for (Py_ssize_t c = 0; c < columns; c++) score[c] += cells[c] * w;
-        }
-        for (Py_ssize_t c = 0; c < columns; c++) score[c] = (float)((double)score[c] / (double)seeds);
-    } else if (seeds > 1) {    /* per_seed.max(axis=0): a branch-free pass, then NaN propagated if any */
-        int nan = 0;
-        for (Py_ssize_t c = 0; c < columns; c++) nan |= score[c] != score[c];
-        for (Py_ssize_t s = 1; s < seeds; s++) {
-            const float w = weights[s], *cells = per_seed + s * columns;
-            for (Py_ssize_t c = 0; c < columns; c++) {
-                float v = cells[c] * w;
+    /* per_seed *= weights[:, None], then its max or mean over seeds: one candidate's seeds at a
+     * time, in seed order. The products are not written back: the best seed of the few chosen
+     * candidates is found from them again below. */
+    for (Py_ssize_t c = 0; c < columns; c++) {
+        const float *cells = sims + c * seeds;
+        float acc = cells[0] * weights[0];
+        if (mean && seeds > 1) {   /* per_seed.mean(axis=0): seeds summed in order, then float64 division */
+            for (Py_ssize_t s = 1; s < seeds; s++) acc += cells[s] * weights[s];
+            acc = (float)((double)acc / (double)seeds);
+        } else if (seeds > 1) {    /* per_seed.max(axis=0): NaN if any term is NaN */
+            int nan = acc != acc;
+            for (Py_ssize_t s = 1; s < seeds; s++) {
+                float v = cells[s] * weights[s];
                 nan |= v != v;
-                score[c] = v > score[c] ? v : score[c];
+                acc = v > acc ? v : acc;
             }
+            if (nan) acc = NAN;
         }
-        if (nan) {
-            for (Py_ssize_t s = 0; s < seeds; s++)
-                for (Py_ssize_t c = 0; c < columns; c++)
-                    if (isnan(per_seed[s * columns + c] * weights[s])) score[c] = NAN;
-        }
+        score[c] = acc;
     }
     for (Py_ssize_t c = 0; c < columns; c++) col_pop[c] = popularity[candidates[c]];
     if (popularity_scale > 0) {   /* the float64 prior, added to the float32 score */
@@ -330,15 +318,16 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     const int64_t *seed_rows = seed_b.buf;
     for (Py_ssize_t i = 0; i < taken; i++) {
         Py_ssize_t c = chosen[i], best = 0;
-        float top = per_seed[c] * weights[0];
+        const float *cells = sims + c * seeds;
+        float top = cells[0] * weights[0];
         if (!isnan(top)) {   /* argmax over seeds: the first largest, or the first NaN */
             for (Py_ssize_t s = 1; s < seeds; s++) {
-                float v = per_seed[s * columns + c] * weights[s];
+                float v = cells[s] * weights[s];
                 if (isnan(v)) { best = s; break; }
                 if (v > top) { top = v; best = s; }
             }
         }
-        uint8_t flag = linked ? linked[best * columns + c] : 0;
+        uint8_t flag = linked ? linked[c * seeds + best] : 0;
         PyObject *row = PyLong_FromLongLong(candidates[c]);
         PyObject *value = PyFloat_FromDouble((double)score[c]);
         PyObject *seed = PyLong_FromLongLong(seed_rows[best]);
@@ -360,7 +349,7 @@ done:
     keyset_free(&keys);
     free(score); free(col_pop); free(linked); free(ranked); free(chosen);
     Py_XDECREF(rows_out); Py_XDECREF(scores_out); Py_XDECREF(because_out); Py_XDECREF(reasons_out);
-    if (per_seed_b.obj) PyBuffer_Release(&per_seed_b);
+    if (sims_b.obj) PyBuffer_Release(&sims_b);
     if (cand_b.obj) PyBuffer_Release(&cand_b);
     if (seed_b.obj) PyBuffer_Release(&seed_b);
     if (weight_b.obj) PyBuffer_Release(&weight_b);

@@ -330,9 +330,9 @@ class Recommender:
         if not len(candidates):
             return Ranked([], [], [], [])
         vecs = self._rows(candidates)
-        # (vecs @ seeds.T).T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the
-        # last bit, and this one keeps scores (and ties between duplicate listings) as they were.
-        per_seed = np.ascontiguousarray((vecs @ ctx.seed_vecs.T).T)
+        # vecs @ seeds.T, not seeds @ vecs.T: BLAS rounds the two shapes differently in the last
+        # bit, and this one keeps scores (and ties between duplicate listings) as they were.
+        sims = vecs @ ctx.seed_vecs.T  # candidates x seeds
         penalty = None
         if len(ctx.neg_rows):
             neg = np.ascontiguousarray((vecs @ self._rows(ctx.neg_rows).T).T)
@@ -340,14 +340,16 @@ class Recommender:
         mean = p.seed_power == 1.0 and len(ctx.seed_rows) > 1
         covered = math.isinf(p.seed_power) or mean or len(ctx.seed_rows) == 1  # max, mean, or one seed
         if self._kernel is not None and q.diversity <= 0 and covered:
-            # The rest of this method, numpy's arithmetic in one compiled call (musicrec/index/_kernel.c).
+            # The rest of this method, numpy's arithmetic in one compiled call (musicrec/index/_kernel.c),
+            # on the product as BLAS wrote it (transposing it was a quarter of the product's cost).
             links = ctx.links.terms.per_seed if ctx.artist_weight > 0 else None
             colisten = ctx.colisten.terms.per_seed if ctx.colisten is not None else None
             prior_scale = p.popularity_weight / 100.0 if p.popularity_weight > 0 else 0.0
             return Ranked(*self._kernel.score(
-                per_seed, candidates, ctx.seed_rows, ctx.weights, links, ctx.artist_weight, colisten, p.colisten_weight,
+                sims, candidates, ctx.seed_rows, ctx.weights, links, ctx.artist_weight, colisten, p.colisten_weight,
                 not math.isinf(p.seed_power), mean, t.popularity, prior_scale, penalty, t.song_key, q.k,
                 self._positions(), _REASON_NAMES))
+        per_seed = np.ascontiguousarray(sims.T)  # seeds x candidates: numpy reduces along contiguous rows
         # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (set last, wins).
         linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
             if ctx.artist_weight > 0 or ctx.colisten is not None else None
