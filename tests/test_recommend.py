@@ -315,11 +315,11 @@ def test_hybrid_scores_match_brute_force(seed_rows, seed_weights, colisten_weigh
                                          popularity_weight) -> None:
     """Co-listening, artist, popularity and the power mean over seeds, checked on every row.
 
-    k = 150 makes the scorer take its exact path (every row a candidate), so the brute force
-    over the whole catalog is the answer to compare with, order, scores, seeds and reasons.
+    ANN depths as deep as the catalog make the scorer take its exact path (every row a candidate), so
+    the brute force over the whole catalog is the answer to compare with, order, scores, seeds and reasons.
     """
     params = ScoringParams(colisten_weight=colisten_weight, seed_power=seed_power, artist_weight=artist_weight,
-                           popularity_weight=popularity_weight)
+                           popularity_weight=popularity_weight, min_depth=N, colisten_depth=N)
     seeds = [Seed(r, w) for r, w in zip(seed_rows, seed_weights)]
     recommender = Recommender(VECTORS, build_index(VECTORS, "flat"), TRACKS, params, colisten=COLISTEN)
     hits = recommender.recommend(Query(seeds=seeds, k=150))
@@ -437,3 +437,25 @@ def test_blend_from_a_manifest_is_checked() -> None:
                 {"skip_penalty": 1.0}, {"popularity_weight": math.inf}):
         with pytest.raises(ValueError, match="scoring"):
             ScoringParams().with_blend(bad)
+
+
+def test_seeds_with_co_listened_tracks_search_the_ann_shallower() -> None:
+    """A first round asks ``colisten_depth`` ANN rows per seed where the seeds have co-listened tracks (they
+    bring most candidates), ``min_depth`` where they have none or the memo serves one depth only (HNSW),
+    and never fewer than the wanted rows spread over the seeds."""
+    depths: list[int] = []
+
+    class Spy(Recommender):
+        def _candidates(self, seed_rows, seed_vecs, depth, extra, banned_songs):  # type: ignore[no-untyped-def]
+            depths.append(depth)
+            return super()._candidates(seed_rows, seed_vecs, depth, extra, banned_songs)
+
+    params = ScoringParams(colisten_weight=1.0, min_depth=64, colisten_depth=16)
+    listened = [r for r in range(N) if len(COLISTEN.neighbours(r)[0])][:3]
+    lonely = [r for r in range(N) if not len(COLISTEN.neighbours(r)[0])][:3]
+    for index_type, rows, k, expected in (("flat", listened, 10, 16), ("flat", lonely, 10, 64),
+                                          ("hnsw", listened, 10, 64), ("flat", listened[:1], 40, 40 + 1 + 16)):
+        depths.clear()
+        recommender = Spy(VECTORS, build_index(VECTORS, index_type), TRACKS, params, colisten=COLISTEN)
+        assert len(recommender.rank(Query(seeds=[Seed(r, 1.0) for r in rows], k=k)).rows) == k
+        assert depths[0] == expected, (index_type, rows, k)
