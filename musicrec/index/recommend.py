@@ -355,7 +355,7 @@ class Recommender:
         covered = math.isinf(p.seed_power) or mean or len(ctx.seed_rows) == 1  # max, mean, or one seed
         if self._kernel is not None and q.diversity <= 0 and covered:
             # The rest of this method, numpy's arithmetic in one compiled call (musicrec/index/_kernel.c),
-            # on the product as BLAS wrote it (transposing it was a quarter of the product's cost).
+            # on the product as BLAS wrote it: no transposing copy.
             links = ctx.links.terms.per_seed if ctx.artist_weight > 0 else None
             colisten = ctx.colisten.terms.per_seed if ctx.colisten is not None else None
             prior_scale = p.popularity_weight / 100.0 if p.popularity_weight > 0 else 0.0
