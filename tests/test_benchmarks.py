@@ -137,3 +137,26 @@ def test_the_litestar_floor_is_refused_where_it_would_be_compared_with_nothing(c
     for extra in (["--no-null"], ["--null-service"], ["--ceiling", "500"]):
         assert main(["--framework-floor", *extra]) == 2
         assert "--framework-floor" in capsys.readouterr().err
+
+
+def test_the_stall_probe_reports_a_busy_loop_and_a_long_collection(tmp_path: Path) -> None:
+    """benchmarks/probe: a callback that holds a uvloop loop for 60 ms is a lag with its CPU; a big collection is logged."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = ("import gc, time, uvloop\n"
+              "loop = uvloop.new_event_loop()\n"
+              "def hold():\n    end = time.perf_counter() + 0.06\n    while time.perf_counter() < end: pass\n"
+              "junk = [[i] for i in range(600_000)]\n"
+              "loop.call_later(0.02, hold)\nloop.call_later(0.1, gc.collect)\nloop.call_later(0.2, loop.stop)\n"
+              "loop.run_forever()\n")
+    probe = Path(__file__).resolve().parents[1] / "benchmarks" / "probe"
+    env = dict(os.environ, STALL_PROBE=str(tmp_path), PYTHONPATH=str(probe))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    [log] = tmp_path.glob("stall-*.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    lags = [r for r in records if "lag_ms" in r]
+    assert any(r["lag_ms"] >= 50 and r["cpu_ms"] >= 40 for r in lags), records
+    assert any(r.get("gc") == 2 and r["ms"] > 2 for r in records), records
