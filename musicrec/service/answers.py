@@ -9,8 +9,8 @@ the key, and a new model version never sees the old one's entries, which age out
 A key is one msgpack ``bytes`` (``answer_key``), not a tuple of (type, track) tuples: the cache
 holds thousands of keys, and as tuples they were most of the objects the garbage collector had to
 walk. In the player mix every answer adds an entry and evicts one, so the young generation filled
-with them between collections, and the full collections that walked them all paused a worker long
-enough to shed requests (benchmarks/README.md).
+with them between collections, and the collections that walked them paused a worker for tens of
+milliseconds, long enough to shed requests (benchmarks/README.md).
 """
 from __future__ import annotations
 
