@@ -335,7 +335,8 @@ class Recommender:
     def _score(self, candidates: np.ndarray, ctx: "_Context") -> Ranked:
         """Score sorted, unique candidate rows (no banned song among them); the best ``k`` distinct songs, best first.
 
-        Matrices are seeds × candidates, so the max over seeds reduces along contiguous rows
+        The product is candidates × seeds, as the kernel reads it; the numpy path works on its
+        transpose, seeds × candidates, so the max over seeds reduces along contiguous rows
         (numpy's max/argmax along a short last axis cost more than the product itself).
         """
         t, p, q = self.tracks, ctx.params, ctx.query
