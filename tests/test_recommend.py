@@ -439,10 +439,10 @@ def test_blend_from_a_manifest_is_checked() -> None:
             ScoringParams().with_blend(bad)
 
 
-def test_seeds_with_co_listened_tracks_search_the_ann_shallower() -> None:
+def test_seeds_with_co_listened_tracks_or_many_seeds_search_the_ann_shallower() -> None:
     """A first round asks ``colisten_depth`` ANN rows per seed where the seeds have co-listened tracks (they
     bring most candidates), ``min_depth`` where they have none or the memo serves one depth only (HNSW),
-    and never fewer than the wanted rows spread over the seeds."""
+    many seeds without them share ``ann_rows``, and never fewer than the wanted rows spread over the seeds."""
     depths: list[int] = []
 
     class Spy(Recommender):
@@ -450,11 +450,13 @@ def test_seeds_with_co_listened_tracks_search_the_ann_shallower() -> None:
             depths.append(depth)
             return super()._candidates(seed_rows, seed_vecs, depth, extra, banned_songs)
 
-    params = ScoringParams(colisten_weight=1.0, min_depth=64, colisten_depth=16)
+    params = ScoringParams(colisten_weight=1.0, min_depth=64, ann_rows=256, colisten_depth=16)
     listened = [r for r in range(N) if len(COLISTEN.neighbours(r)[0])][:3]
-    lonely = [r for r in range(N) if not len(COLISTEN.neighbours(r)[0])][:3]
-    for index_type, rows, k, expected in (("flat", listened, 10, 16), ("flat", lonely, 10, 64),
-                                          ("hnsw", listened, 10, 64), ("flat", listened[:1], 40, 40 + 1 + 16)):
+    lonely = [r for r in range(N) if not len(COLISTEN.neighbours(r)[0])][:40]
+    for index_type, rows, k, expected in (("flat", listened, 10, 16), ("flat", lonely[:3], 10, 64),
+                                          ("flat", lonely[:10], 10, 26), ("flat", lonely, 10, 16),
+                                          ("hnsw", lonely[:10], 10, 64), ("hnsw", listened, 10, 64),
+                                          ("flat", listened[:1], 40, 40 + 1 + 16)):
         depths.clear()
         recommender = Spy(VECTORS, build_index(VECTORS, index_type), TRACKS, params, colisten=COLISTEN)
         assert len(recommender.rank(Query(seeds=[Seed(r, 1.0) for r in rows], k=k)).rows) == k

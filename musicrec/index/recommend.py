@@ -64,7 +64,8 @@ class ScoringParams:
     seed_power: float = math.inf    # p of the power mean over seeds: inf = max, 1 = mean
     per_artist_candidates: int = 200
     min_depth: int = 64             # ANN hits per seed, at least, where they bring most candidates
-    colisten_depth: int = 16        # the same where the seeds' co-listened tracks bring most of them
+    ann_rows: int = 256             # ... shared out when the seeds are many (down to colisten_depth each)
+    colisten_depth: int = 16        # ANN hits per seed where the seeds' co-listened tracks bring most candidates
     max_rounds: int = 3             # deeper ANN rounds before the exact fallback
 
     BLEND = ("artist_weight", "colisten_weight", "popularity_weight", "seed_power")
@@ -273,11 +274,19 @@ class Recommender:
         The floor is low when the seeds have co-listened tracks: those and the artists' tracks are
         then nearly all of the answer, and on the dev playlists every floor from 8 to 64 gave the
         same Recall@50 and R-precision; the deeper ones only added candidates to score. Audio
-        similarity alone (no co-listening) needs the deeper floor. A memo that serves one depth
-        only (HNSW) keeps that one; too few hits deepen the search anyway (``rank``).
+        similarity alone (no co-listening) needs the deeper floor for a few seeds, but many seeds
+        share ``ann_rows`` (a long session's seeds each add neighbours the others already bring):
+        on the dev playlists that kept the figures of 10 and 20 seeds while a 20-seed answer
+        scored a quarter of the rows. A memo that serves one depth only (HNSW) keeps
+        ``min_depth``; too few hits deepen the search anyway (``rank``).
         """
         p = self.params
-        floor = p.colisten_depth if colistened and (self._memo is None or self._memo.prefix) else p.min_depth
+        if self._memo is not None and not self._memo.prefix:
+            floor = p.min_depth
+        elif colistened:
+            floor = p.colisten_depth
+        else:
+            floor = max(p.colisten_depth, min(p.min_depth, -(-p.ann_rows // seeds)))
         return max(floor, -(-(wanted + 16) // seeds))
 
     def _candidates(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int, extra: list[np.ndarray],
