@@ -391,7 +391,7 @@ def test_security_settings_defaults() -> None:
     s = Settings()
     assert (s.api_keys, s.cookie_secret, s.trusted_origins) == ((), "", ())
     assert (s.rate_limit_per_min, s.api_key_rate_limit_per_min, s.admin_rate_limit_per_min) == (0, 60_000, 10)
-    assert (s.max_in_flight, s.ops_details) == (16, "public")
+    assert (s.max_in_flight, s.ops_details) == (32, "public")
     parsed = Settings.from_env({"COOKIE_SECRET": "c" * 20, "TRUSTED_ORIGINS": "https://A.example.com/, http://b:8080",
                                 "OPS_DETAILS": "PRIVATE"}, env_file=None)
     assert parsed.trusted_origins == ("https://a.example.com", "http://b:8080") and parsed.ops_details == "private"

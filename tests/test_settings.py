@@ -182,7 +182,7 @@ def test_request_limits_have_sane_defaults_and_are_read() -> None:
 
 def test_max_in_flight_is_independent_of_the_redis_connections() -> None:
     """The pipelined client never makes a request wait for a connection, so no bound ties the two any more."""
-    assert Settings.from_env({}, env_file=None).max_in_flight == 16
+    assert Settings.from_env({}, env_file=None).max_in_flight == 32
     assert Settings.from_env({"MAX_IN_FLIGHT": "0"}, env_file=None).max_in_flight == 0
     s = Settings.from_env({"MAX_IN_FLIGHT": "500"}, env_file=None)
     assert (s.max_in_flight, s.redis_connections) == (500, 1)
