@@ -277,7 +277,7 @@ class Recommender:
         similarity alone (no co-listening) needs the deeper floor for a few seeds, but many seeds
         share ``ann_rows`` (a long session's seeds each add neighbours the others already bring):
         on the dev playlists that kept the figures of 10 and 20 seeds while a 20-seed answer
-        scored a quarter of the rows. A memo that serves one depth only (HNSW) keeps
+        asked a fifth of the neighbour rows. A memo that serves one depth only (HNSW) keeps
         ``min_depth``; too few hits deepen the search anyway (``rank``).
         """
         p = self.params

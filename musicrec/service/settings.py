@@ -85,8 +85,8 @@ class Settings(CommonSettings):
     """Requests one worker serves at once; beyond that it answers 503 at once instead of queueing; 0 = no limit.
 
     Sized for a worker that shares its cores: descheduled for a few time slices while busy, it
-    finds 16 requests waiting well below capacity (shed 503s in the load test), while past
-    capacity this bound is what keeps the wait short (benchmarks/README.md)."""
+    finds more requests waiting than its load suggests, so a tight limit sheds below capacity;
+    past capacity this bound is what keeps the wait short (benchmarks/README.md)."""
     ops_details: Literal["public", "private"] = "public"
     """``private``: /metrics and /readyz's details need ``Authorization: Bearer $ADMIN_TOKEN`` (/healthz stays open)."""
     max_header_bytes: int = 16 * 1024
