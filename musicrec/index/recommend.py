@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import faiss
 import numpy as np
@@ -108,8 +108,9 @@ class Filters:
         return bool(self.genres) or self.explicit is not None or self.min_popularity > 0 or self.max_popularity < 100
 
 
-@dataclass(frozen=True)
-class Seed:
+class Seed(NamedTuple):
+    """A seed track and its weight; a tuple, not a dataclass: a session builds one per event on every answer."""
+
     row: int
     weight: float
 
@@ -168,8 +169,7 @@ def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
     negative; a like (even an older one) lifts a played track's weight. Unknown ids
     (a track removed by a rebuild) are ignored.
     """
-    role: dict[int, str] = {}
-    age: dict[int, int] = {}
+    role: dict[int, tuple[str, int]] = {}  # row -> (its newest event's type, that event's age)
     liked: set[int] = set()
     for position, (kind, track_id) in enumerate(events):
         row = row_of.get(track_id)
@@ -178,15 +178,14 @@ def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
         if kind == LIKE:
             liked.add(row)
         if row not in role:
-            role[row] = kind
-            age[row] = position
+            role[row] = (kind, position)
     seeds, negatives = [], []
-    for row, kind in role.items():
+    like, view, decay = params.like_weight, params.view_weight, params.recency_decay
+    for row, (kind, age) in role.items():
         if kind == SKIP:
             negatives.append(row)
-            continue
-        base = params.like_weight if (kind == LIKE or row in liked) else params.view_weight
-        seeds.append(Seed(row, base * params.recency_decay ** age[row]))
+        else:
+            seeds.append(Seed(row, (like if kind == LIKE or row in liked else view) * decay ** age))
     return SessionQuery(seeds, negatives, list(role))
 
 
