@@ -139,10 +139,35 @@ def test_diversity_and_other_power_means_stay_with_numpy(monkeypatch: pytest.Mon
     def refuse(*args: object) -> None:
         raise AssertionError("the kernel was called")
 
-    monkeypatch.setattr(recommend, "_kernel", type("Refusing", (), {"score": staticmethod(refuse)}))
+    monkeypatch.setattr(recommend, "_kernel", type("Refusing", (), {"catalog": staticmethod(lambda *args: object()),
+                                                                    "score": staticmethod(refuse)}))
     for params, diversity in ((ScoringParams(), 0.5), (ScoringParams(seed_power=2.0), 0.0)):
         rec = Recommender(VECTORS, INDEX, TRACKS, params)
         assert len(rec.rank(Query(seeds=[Seed(1, 1.0), Seed(2, 0.5)], k=10, diversity=diversity)).rows) == 10
+
+
+def _catalog_of(table: np.ndarray | None = TABLE, colisten: bool = True, **change: np.ndarray) -> object:
+    arrays = dict(zip(("track_bounds", "track_artists", "artist_bounds", "artist_rows", "album_of", "album_bounds",
+                       "album_rows"), recommend._affinity_tables(TRACKS)))
+    col = (COLISTEN.indptr, COLISTEN.indices, COLISTEN.weights) if colisten else (None,) * 3
+    return recommend._kernel.catalog(TRACKS.song_key, TRACKS.popularity, table, *{**arrays, **change}.values(), *col)
+
+
+@needs_kernel
+def test_the_affinity_tables_are_the_per_track_links() -> None:
+    """The kernel's artist and album tables say what ``_track_links`` finds by name, for every track."""
+    track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows = \
+        recommend._affinity_tables(TRACKS)
+    rec = Recommender(VECTORS, INDEX, TRACKS, ScoringParams(), neighbours=TABLE)
+    share = np.float32(rec.params.artist_share)
+    for row in range(N):
+        artists = track_artists[track_bounds[row]:track_bounds[row + 1]]
+        by_artist = [artist_rows[artist_bounds[a]:artist_bounds[a + 1]] for a in artists]
+        album = album_rows[album_bounds[album_of[row]]:album_bounds[album_of[row] + 1]] if album_of[row] >= 0 else []
+        values = {int(r): share for rows in by_artist for r in rows} | {int(r): np.float32(1.0) for r in album}
+        capped, rows, vals = rec._track_links(row)
+        assert capped.tolist() == [int(r) for rows in by_artist for r in rows[:rec.params.per_artist_candidates]]
+        assert dict(zip(rows.tolist(), vals.tolist())) == values
 
 
 @needs_kernel
@@ -150,49 +175,63 @@ def test_bad_arrays_are_refused_and_leave_the_position_map_clean() -> None:
     kernel = recommend._kernel
     positions = np.full(N, -1, dtype=np.int32)
     sims = np.zeros((3, 1), dtype=np.float32)  # candidates x seeds
-    good = dict(sims=sims, candidates=np.array([1, 2, 3]), seed_rows=np.array([0]),
-                weights=np.ones(1, np.float32))
+    catalog = _catalog_of()
+    # Row 1's album mate (1 + 300: same artist and album), an artist mate on another album (61) and a stranger (2).
+    assert TRACKS.album_key[1] == TRACKS.album_key[301] != TRACKS.album_key[61] and TRACKS.artist[1] == TRACKS.artist[61]
+    good = dict(sims=sims, candidates=np.array([2, 61, 301]), seed_rows=np.array([1]), weights=np.ones(1, np.float32))
 
     def call(**change: object) -> object:
         a = {**good, **change}
-        return kernel.score(a["sims"], a["candidates"], a["seed_rows"], a["weights"],
-                            a.get("links", [(np.array([2]), np.array([1.0], np.float32))]), 1.0, None, 0.0, False,
-                            False, TRACKS.popularity, 0.0, None, TRACKS.song_key, 2, positions,
+        return kernel.score(a.get("catalog", catalog), a["sims"].copy(), a["candidates"], a["seed_rows"], a["weights"],
+                            1.0, 0.75, a.get("colisten"), False, False, 0.0, None, 3, positions,
                             recommend._REASON_NAMES)
 
     rows, scores, because, reasons = call()
-    runner_up = 3 if TRACKS.popularity[3] > TRACKS.popularity[1] else 1  # a tie at 0: popularity, then row
-    assert rows == [2, runner_up] and scores == [1.0, 0.0] and because == [0, 0]
-    assert reasons == ["same artist", "sounds like"]
+    assert rows == [301, 61, 2] and scores == [1.0, 0.75, 0.0] and because == [1, 1, 1]
+    assert reasons == ["same artist", "same artist", "sounds like"]
     with pytest.raises(TypeError, match="candidates"):
         call(candidates=np.array([1, 2, 3], dtype=np.int32))
     with pytest.raises(ValueError, match="shapes"):
         call(weights=np.ones(2, np.float32))
     with pytest.raises(IndexError, match="outside the catalog"):
         call(candidates=np.array([1, 2, N]))
-    with pytest.raises(TypeError, match="links"):
-        call(links=[(np.array([2]), np.array([1.0]))])  # float64 values
+    with pytest.raises(IndexError, match="seed row"):
+        call(seed_rows=np.array([-1]))
+    with pytest.raises(ValueError, match="co-listening"):
+        call(catalog=_catalog_of(colisten=False), colisten=3.0)
+    with pytest.raises((TypeError, ValueError)):
+        call(catalog=object())
     assert (positions == -1).all()
+    for bad, match in (({"artist_rows": np.array([N], np.int32)}, "artist_bounds"),
+                       ({"album_of": np.full(N, 10**6, np.int32)}, "album_of"),
+                       ({"track_artists": np.zeros(3, np.int64)}, "track_artists")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            _catalog_of(**bad)
 
 
 @needs_kernel
 def test_the_candidate_union_is_sorted_unique_and_leaves_the_bitmap_clean() -> None:
     kernel = recommend._kernel
+    catalog = _catalog_of()
     marks = np.zeros(kernel.bitmap_words(N), dtype=np.uint64)
     seeds = np.array([4, 70])
-    extras = [np.array([899, 5, 5, 640]), np.array([], dtype=np.int64)]
-    banned = TRACKS.song_key.take(np.array([4, 70, 5]))  # seeds' and one extra's songs
-    out = np.empty(2 * 10 + 4, dtype=np.int64)
-    count = kernel.candidates(TABLE, seeds, 10, extras, TRACKS.song_key, banned, marks, out)
-    union = np.unique(np.concatenate([TABLE[seeds, :10].ravel(), *extras]))
-    expected = union[~np.isin(TRACKS.song_key[union], banned)]
-    assert out[:count].tolist() == expected.tolist() and not marks.any()
-    for bad, match in (({"out": np.empty(3, np.int64)}, "too small"), ({"seeds": np.array([N])}, "seed row"),
-                       ({"extras": [np.array([N + 5])]}, "extra row"), ({"depth": 500}, "shapes"),
-                       ({"extras": [np.array([1], np.int32)]}, "extras")):
-        a = {"seeds": seeds, "depth": 10, "extras": extras, "out": out, **bad}
+    track_bounds, track_artists, artist_bounds, artist_rows = recommend._affinity_tables(TRACKS)[:4]
+    artists = [artist_rows[artist_bounds[a]:artist_bounds[a] + 3] for s in seeds
+               for a in track_artists[track_bounds[s]:track_bounds[s + 1]]]
+    co_listened = [COLISTEN.indices[COLISTEN.indptr[s]:COLISTEN.indptr[s + 1]] for s in seeds]
+    banned = TRACKS.song_key.take(np.array([4, 70, 5]))
+    out = np.empty(N, dtype=np.int64)
+    for cap, colisten, extras in ((0, False, []), (3, False, artists), (3, True, artists + co_listened)):
+        count = kernel.candidates(catalog, seeds, 10, cap, colisten, banned, marks, out)
+        union = np.unique(np.concatenate([TABLE[seeds, :10].ravel(), *extras]))
+        expected = union[~np.isin(TRACKS.song_key[union], banned)]
+        assert out[:count].tolist() == expected.tolist() and not marks.any()
+    for bad, match in (({"out": np.empty(N - 1, np.int64)}, "shapes"), ({"seeds": np.array([N])}, "seed row"),
+                       ({"depth": 500}, "shapes"), ({"catalog": _catalog_of(table=None)}, "neighbour table"),
+                       ({"catalog": _catalog_of(colisten=False)}, "co-listening")):
+        a = {"catalog": catalog, "seeds": seeds, "depth": 10, "out": out, **bad}
         with pytest.raises((ValueError, IndexError, TypeError), match=match):
-            kernel.candidates(TABLE, a["seeds"], a["depth"], a["extras"], TRACKS.song_key, banned, marks, a["out"])
+            kernel.candidates(a["catalog"], a["seeds"], a["depth"], 3, True, banned, marks, a["out"])
         assert not marks.any()
 
 

@@ -446,9 +446,9 @@ def test_seeds_with_co_listened_tracks_or_many_seeds_search_the_ann_shallower() 
     depths: list[int] = []
 
     class Spy(Recommender):
-        def _candidates(self, seed_rows, seed_vecs, depth, extra, banned_songs):  # type: ignore[no-untyped-def]
+        def _candidates(self, depth, ctx):  # type: ignore[no-untyped-def]
             depths.append(depth)
-            return super()._candidates(seed_rows, seed_vecs, depth, extra, banned_songs)
+            return super()._candidates(depth, ctx)
 
     params = ScoringParams(colisten_weight=1.0, min_depth=64, ann_rows=256, colisten_depth=16)
     listened = [r for r in range(N) if len(COLISTEN.neighbours(r)[0])][:3]

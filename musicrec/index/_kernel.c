@@ -1,5 +1,7 @@
 /* musicrec.index._kernel: a scored answer's numpy glue, in two calls (musicrec/index/recommend.py).
  *
+ * catalog(): one version's per-track arrays (song keys, popularity, the neighbour table, the
+ * artist, album and co-listening tables) checked once and held for every later call.
  * candidates(): the seeds' neighbour-table rows and their artists' and co-listened tracks as one
  * sorted, unique list without the banned songs, by a bitmap instead of concatenate-sort-mask.
  * score(): Recommender._score after its matrix product.
@@ -8,9 +10,12 @@
  * artist and co-listening terms, seed weights, max or mean over seeds, the popularity prior,
  * the skip penalty, ranking with its tie-breaks, one id per song, the best seed and the reason)
  * is a few dozen numpy calls of a few microseconds each: most of a scored answer's time. Here it
- * is one pass over the matrix and a bounded selection. The arithmetic is numpy's, operation for
- * operation and type for type, so the answer is the same bits (tests/test_kernel.py checks it
- * against the numpy path). Arrays come in through the buffer protocol; no numpy C API.
+ * is one pass over the matrix and a bounded selection. The seeds' artist, album and co-listened
+ * tracks are read here from the catalog's tables, not handed over as an array per seed: a Python
+ * loop over the seeds, and the buffer of each array it made, cost more than the terms themselves.
+ * The arithmetic is numpy's, operation for operation and type for type, so the answer is the same
+ * bits (tests/test_kernel.py checks it against the numpy path). Arrays come in through the buffer
+ * protocol; no numpy C API.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -136,66 +141,208 @@ static int keyset_add(KeySet *s, int32_t key) {
     return 1;
 }
 
-/* ---- the sparse terms ------------------------------------------------------------------------ */
+/* ---- the catalog ----------------------------------------------------------------------------- */
 
-/* sims[c, s] += (float)weight * value for each of seed s's (row, value) pairs whose row is
- * candidate c (positions: row -> candidate, -1 elsewhere); the cell's link flag becomes `flag`.
- * Seed s's pairs are the last two items of the list's s-th tuple: (..., rows int64, values float32). */
-static int add_sparse(float *sims, uint8_t *linked, const int32_t *positions, Py_ssize_t n,
-                      PyObject *per_seed_pairs, Py_ssize_t seeds, double weight, uint8_t flag, const char *name) {
-    if (!PyList_Check(per_seed_pairs) || PyList_GET_SIZE(per_seed_pairs) != seeds) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a list of one (rows, values) pair per seed", name);
+/* One version's arrays, held (and checked) once: a capsule made by catalog(). Per track: its song key,
+ * popularity and artists (CSR: track_artists[track_bounds[t]:track_bounds[t + 1]]), its album (-1: none);
+ * per artist its tracks, most popular first, and per album its tracks (CSR); optionally the neighbour
+ * table (n x width) and the co-listening table (CSR of rows and weights). */
+typedef struct {
+    Py_buffer song_key, popularity, table, track_bounds, track_artists, artist_bounds, artist_rows,
+              album_of, album_bounds, album_rows, col_indptr, col_indices, col_weights;
+    Py_ssize_t n, width;
+    int has_table, has_colisten;
+} Catalog;
+
+static const char CATALOG[] = "musicrec.index._kernel.catalog";
+
+static void catalog_free(PyObject *capsule) {
+    Catalog *c = PyCapsule_GetPointer(capsule, CATALOG);
+    if (!c) return;
+    Py_buffer *views[] = {&c->song_key, &c->popularity, &c->table, &c->track_bounds, &c->track_artists,
+                          &c->artist_bounds, &c->artist_rows, &c->album_of, &c->album_bounds, &c->album_rows,
+                          &c->col_indptr, &c->col_indices, &c->col_weights};
+    for (size_t i = 0; i < sizeof(views) / sizeof(views[0]); i++)
+        if (views[i]->obj) PyBuffer_Release(views[i]);
+    free(c);
+}
+
+/* An offsets array of `groups` + 1 int64 entries, from 0 to `items`, never decreasing. */
+static int check_bounds(const Py_buffer *bounds, Py_ssize_t groups, Py_ssize_t items, const char *name) {
+    const int64_t *b = bounds->buf;
+    if (ITEMS(*bounds) != groups + 1 || b[0] != 0 || b[groups] != items) {
+        PyErr_Format(PyExc_ValueError, "catalog(): %s does not fit %zd groups of %zd items", name, groups, items);
         return -1;
     }
-    float w = (float)weight;   /* numpy: a Python float times a float32 array is float32 */
-    for (Py_ssize_t s = 0; s < seeds; s++) {
-        PyObject *pair = PyList_GET_ITEM(per_seed_pairs, s);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) < 2) {
-            PyErr_Format(PyExc_TypeError, "%s: expected tuples ending in (rows, values)", name);
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        if (b[g + 1] < b[g]) {
+            PyErr_Format(PyExc_ValueError, "catalog(): %s decreases", name);
             return -1;
         }
-        Py_ssize_t last = PyTuple_GET_SIZE(pair) - 1;
-        Py_buffer rows, values;
-        if (get(PyTuple_GET_ITEM(pair, last - 1), &rows, 'i', 8, 0, name) < 0) return -1;
-        if (get(PyTuple_GET_ITEM(pair, last), &values, 'f', 4, 0, name) < 0) { PyBuffer_Release(&rows); return -1; }
-        const int64_t *r = rows.buf;
-        const float *v = values.buf;
-        Py_ssize_t count = ITEMS(rows);
-        if (ITEMS(values) != count) {
-            PyErr_Format(PyExc_ValueError, "%s: rows and values differ in length", name);
-            PyBuffer_Release(&rows); PyBuffer_Release(&values);
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < count; i++) {
-            if (r[i] < 0 || r[i] >= n) continue;
-            int32_t c = positions[r[i]];
-            if (c < 0) continue;
-            sims[c * seeds + s] += w * v[i];
-            linked[c * seeds + s] = flag;
-        }
-        PyBuffer_Release(&rows);
-        PyBuffer_Release(&values);
     }
     return 0;
+}
+
+/* Every int32 entry within [low, high). */
+static int check_range(const Py_buffer *values, int64_t low, int64_t high, const char *name) {
+    const int32_t *v = values->buf;
+    for (Py_ssize_t i = 0; i < ITEMS(*values); i++) {
+        if (v[i] < low || v[i] >= high) {
+            PyErr_Format(PyExc_ValueError, "catalog(): %s holds %d, outside %lld..%lld", name, (int)v[i],
+                         (long long)low, (long long)high - 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(catalog_doc,
+"catalog(song_key, popularity, table, track_bounds, track_artists, artist_bounds, artist_rows,\n"
+"        album_of, album_bounds, album_rows, colisten_indptr, colisten_indices, colisten_weights) -> catalog\n\n"
+"The arrays candidates() and score() read, checked once (every row, artist and album number in range)\n"
+"and held until the catalog is freed. `table` (int32, n x width) may be None: candidates() then\n"
+"refuses; the three co-listening arrays may be None: no co-listening term.");
+
+static PyObject *catalog(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 13) {
+        PyErr_Format(PyExc_TypeError, "catalog() takes 13 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Catalog *c = calloc(1, sizeof(Catalog));
+    if (!c) return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(c, CATALOG, catalog_free);
+    if (!capsule) { free(c); return NULL; }
+    if (get(args[0], &c->song_key, 'i', 4, 0, "song_key") < 0) goto fail;
+    c->n = ITEMS(c->song_key);
+    if (get(args[1], &c->popularity, 'i', 2, 0, "popularity") < 0) goto fail;
+    if (args[2] != Py_None) {
+        if (get(args[2], &c->table, 'i', 4, 0, "table") < 0) goto fail;
+        if (c->table.ndim != 2 || c->table.shape[0] != c->n) {
+            PyErr_SetString(PyExc_ValueError, "catalog(): the table is not n x width");
+            goto fail;
+        }
+        c->width = c->table.shape[1];
+        c->has_table = 1;
+    }
+    if (get(args[3], &c->track_bounds, 'i', 8, 0, "track_bounds") < 0) goto fail;
+    if (get(args[4], &c->track_artists, 'i', 4, 0, "track_artists") < 0) goto fail;
+    if (get(args[5], &c->artist_bounds, 'i', 8, 0, "artist_bounds") < 0) goto fail;
+    if (get(args[6], &c->artist_rows, 'i', 4, 0, "artist_rows") < 0) goto fail;
+    if (get(args[7], &c->album_of, 'i', 4, 0, "album_of") < 0) goto fail;
+    if (get(args[8], &c->album_bounds, 'i', 8, 0, "album_bounds") < 0) goto fail;
+    if (get(args[9], &c->album_rows, 'i', 4, 0, "album_rows") < 0) goto fail;
+    Py_ssize_t n = c->n, artists = ITEMS(c->artist_bounds) - 1, albums = ITEMS(c->album_bounds) - 1;
+    if (ITEMS(c->popularity) != n || ITEMS(c->album_of) != n || artists < 0 || albums < 0) {
+        PyErr_SetString(PyExc_ValueError, "catalog(): array shapes do not agree");
+        goto fail;
+    }
+    if (check_bounds(&c->track_bounds, n, ITEMS(c->track_artists), "track_bounds") < 0 ||
+        check_range(&c->track_artists, 0, artists, "track_artists") < 0 ||
+        check_bounds(&c->artist_bounds, artists, ITEMS(c->artist_rows), "artist_bounds") < 0 ||
+        check_range(&c->artist_rows, 0, n, "artist_rows") < 0 ||
+        check_range(&c->album_of, -1, albums, "album_of") < 0 ||
+        check_bounds(&c->album_bounds, albums, ITEMS(c->album_rows), "album_bounds") < 0 ||
+        check_range(&c->album_rows, 0, n, "album_rows") < 0) goto fail;
+    if (args[10] != Py_None) {
+        if (get(args[10], &c->col_indptr, 'i', 8, 0, "colisten_indptr") < 0) goto fail;
+        if (get(args[11], &c->col_indices, 'i', 4, 0, "colisten_indices") < 0) goto fail;
+        if (get(args[12], &c->col_weights, 'f', 4, 0, "colisten_weights") < 0) goto fail;
+        if (ITEMS(c->col_weights) != ITEMS(c->col_indices) ||
+            check_bounds(&c->col_indptr, n, ITEMS(c->col_indices), "colisten_indptr") < 0 ||
+            check_range(&c->col_indices, 0, n, "colisten_indices") < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "catalog(): co-listening arrays do not agree");
+            goto fail;
+        }
+        c->has_colisten = 1;
+    }
+    return capsule;
+fail:
+    Py_DECREF(capsule);   /* frees what was taken */
+    return NULL;
+}
+
+static Catalog *catalog_of(PyObject *obj) {
+    return PyCapsule_GetPointer(obj, CATALOG);   /* a TypeError/ValueError for anything else */
+}
+
+/* ---- the sparse terms ------------------------------------------------------------------------ */
+
+/* The artist and album term: a(s, c) is 1 for seed s's album's tracks, artist_share for its artists'
+ * tracks, on the cells of those that are candidates (positions: row -> candidate, -1 elsewhere):
+ * sims[c, s] += (float)weight * a(s, c), once per cell, and the cell's link flag becomes 1. */
+static void add_links(float *sims, uint8_t *linked, const int32_t *positions, const Catalog *cat,
+                      const int64_t *seed_rows, Py_ssize_t seeds, Py_ssize_t columns, double weight, double share) {
+    const int64_t *track_bounds = cat->track_bounds.buf, *artist_bounds = cat->artist_bounds.buf,
+                  *album_bounds = cat->album_bounds.buf;
+    const int32_t *track_artists = cat->track_artists.buf, *artist_rows = cat->artist_rows.buf,
+                  *album_of = cat->album_of.buf, *album_rows = cat->album_rows.buf;
+    enum { ARTIST = 1, ALBUM = 3 };   /* marked first, added after: an album match wins over an artist's */
+    int any = 0;
+    for (Py_ssize_t s = 0; s < seeds; s++) {
+        int64_t row = seed_rows[s];
+        for (int64_t a = track_bounds[row]; a < track_bounds[row + 1]; a++) {
+            int32_t artist = track_artists[a];
+            for (int64_t i = artist_bounds[artist]; i < artist_bounds[artist + 1]; i++) {
+                int32_t c = positions[artist_rows[i]];
+                if (c >= 0) { linked[c * seeds + s] = ARTIST; any = 1; }
+            }
+        }
+        int32_t album = album_of[row];
+        if (album < 0) continue;
+        for (int64_t i = album_bounds[album]; i < album_bounds[album + 1]; i++) {
+            int32_t c = positions[album_rows[i]];
+            if (c >= 0) { linked[c * seeds + s] = ALBUM; any = 1; }
+        }
+    }
+    if (!any) return;
+    float w = (float)weight;   /* numpy: a Python float times a float32 array is float32 */
+    float on_artist = w * (float)share, on_album = w * 1.0f;
+    for (Py_ssize_t i = 0; i < seeds * columns; i++) {
+        if (!linked[i]) continue;
+        sims[i] += linked[i] == ALBUM ? on_album : on_artist;
+        linked[i] = 1;
+    }
+}
+
+/* The co-listening term: sims[c, s] += (float)weight * l(s, c) for each co-listened track of seed s
+ * that is candidate c, in the table's order; the cell's link flag becomes 2 (it wins the reason). */
+static void add_colisten(float *sims, uint8_t *linked, const int32_t *positions, const Catalog *cat,
+                         const int64_t *seed_rows, Py_ssize_t seeds, double weight) {
+    const int64_t *indptr = cat->col_indptr.buf;
+    const int32_t *indices = cat->col_indices.buf;
+    const float *values = cat->col_weights.buf;
+    float w = (float)weight;
+    for (Py_ssize_t s = 0; s < seeds; s++) {
+        int64_t row = seed_rows[s];
+        for (int64_t i = indptr[row]; i < indptr[row + 1]; i++) {
+            int32_t c = positions[indices[i]];
+            if (c < 0) continue;
+            sims[c * seeds + s] += w * values[i];
+            linked[c * seeds + s] = 2;
+        }
+    }
 }
 
 /* ---- score ----------------------------------------------------------------------------------- */
 
 PyDoc_STRVAR(score_doc,
-"score(sims, candidates, seed_rows, weights, links, artist_weight, colisten, colisten_weight,\n"
-"      clamp, mean, popularity, popularity_scale, penalty, song_key, k, positions, reasons)\n"
+"score(catalog, sims, candidates, seed_rows, weights, artist_weight, artist_share, colisten_weight,\n"
+"      clamp, mean, popularity_scale, penalty, k, positions, reasons)\n"
 "-> (rows, scores, because, reasons)\n\n"
-"Recommender._score from its candidates x seeds product on (musicrec/index/recommend.py).");
+"Recommender._score from its candidates x seeds product on (musicrec/index/recommend.py). No artist\n"
+"term when artist_weight is 0, no co-listening term when colisten_weight is None.");
 
 static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 17) {
-        PyErr_Format(PyExc_TypeError, "score() takes 17 arguments (%zd given)", nargs);
+    if (nargs != 15) {
+        PyErr_Format(PyExc_TypeError, "score() takes 15 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_buffer sims_b = {0}, cand_b = {0}, seed_b = {0}, weight_b = {0}, pop_b = {0}, pen_b = {0},
-              key_b = {0}, pos_b = {0};
-    PyObject *links = args[4], *colisten = args[6], *penalty = args[12], *reason_names = args[16];
+    Catalog *cat = catalog_of(args[0]);
+    if (!cat) return NULL;
+    Py_buffer sims_b = {0}, cand_b = {0}, seed_b = {0}, weight_b = {0}, pen_b = {0}, pos_b = {0};
+    PyObject *penalty = args[11], *reason_names = args[14];
     PyObject *result = NULL, *rows_out = NULL, *scores_out = NULL, *because_out = NULL, *reasons_out = NULL;
     float *score = NULL;
     int16_t *col_pop = NULL;
@@ -204,35 +351,38 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     KeySet keys = {0};
     int positions_set = 0;
 
-    double artist_weight = PyFloat_AsDouble(args[5]);
-    double colisten_weight = PyFloat_AsDouble(args[7]);
+    double artist_weight = PyFloat_AsDouble(args[5]), artist_share = PyFloat_AsDouble(args[6]);
+    int colisten = args[7] != Py_None;
+    double colisten_weight = colisten ? PyFloat_AsDouble(args[7]) : 0.0;
     int clamp = PyObject_IsTrue(args[8]), mean = PyObject_IsTrue(args[9]);
-    double popularity_scale = PyFloat_AsDouble(args[11]);
-    Py_ssize_t k = PyLong_AsSsize_t(args[14]);
+    double popularity_scale = PyFloat_AsDouble(args[10]);
+    Py_ssize_t k = PyLong_AsSsize_t(args[12]);
     if (PyErr_Occurred() || clamp < 0 || mean < 0) return NULL;
     if (!PyTuple_Check(reason_names) || PyTuple_GET_SIZE(reason_names) != 3) {
         PyErr_SetString(PyExc_TypeError, "reasons: expected a tuple of 3 names (by link flag 0, 1, 2)");
         return NULL;
     }
 
-    if (get(args[0], &sims_b, 'f', 4, 1, "sims") < 0) goto done;
-    if (get(args[1], &cand_b, 'i', 8, 0, "candidates") < 0) goto done;
-    if (get(args[2], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
-    if (get(args[3], &weight_b, 'f', 4, 0, "weights") < 0) goto done;
-    if (get(args[10], &pop_b, 'i', 2, 0, "popularity") < 0) goto done;
+    if (colisten && !cat->has_colisten) {
+        PyErr_SetString(PyExc_ValueError, "score(): a co-listening term, but the catalog has no co-listening table");
+        return NULL;
+    }
+    if (get(args[1], &sims_b, 'f', 4, 1, "sims") < 0) goto done;
+    if (get(args[2], &cand_b, 'i', 8, 0, "candidates") < 0) goto done;
+    if (get(args[3], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
+    if (get(args[4], &weight_b, 'f', 4, 0, "weights") < 0) goto done;
     if (penalty != Py_None && get(penalty, &pen_b, 'f', 4, 0, "penalty") < 0) goto done;
-    if (get(args[13], &key_b, 'i', 4, 0, "song_key") < 0) goto done;
-    if (get(args[15], &pos_b, 'i', 4, 1, "positions") < 0) goto done;
+    if (get(args[13], &pos_b, 'i', 4, 1, "positions") < 0) goto done;
 
-    Py_ssize_t columns = ITEMS(cand_b), seeds = ITEMS(seed_b), n = ITEMS(pos_b);
+    Py_ssize_t columns = ITEMS(cand_b), seeds = ITEMS(seed_b), n = cat->n;
     const int64_t *candidates = cand_b.buf;
-    const int16_t *popularity = pop_b.buf;
-    const int32_t *song_key = key_b.buf;
+    const int16_t *popularity = cat->popularity.buf;
+    const int32_t *song_key = cat->song_key.buf;
     int32_t *positions = pos_b.buf;
     float *sims = sims_b.buf;   /* sims[c * seeds + s]: candidate c's similarity to seed s, as BLAS wrote it */
     const float *weights = weight_b.buf;
     if (ITEMS(sims_b) != seeds * columns || ITEMS(weight_b) != seeds || seeds < 1 ||
-        (penalty != Py_None && ITEMS(pen_b) != columns) || ITEMS(pop_b) != n || ITEMS(key_b) != n) {
+        (penalty != Py_None && ITEMS(pen_b) != columns) || ITEMS(pos_b) != n) {
         PyErr_SetString(PyExc_ValueError, "score(): array shapes do not agree");
         goto done;
     }
@@ -242,22 +392,27 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             goto done;
         }
     }
+    const int64_t *seed_rows = seed_b.buf;
+    for (Py_ssize_t s = 0; s < seeds; s++) {
+        if (seed_rows[s] < 0 || seed_rows[s] >= n) {
+            PyErr_SetString(PyExc_IndexError, "score(): a seed row is outside the catalog");
+            goto done;
+        }
+    }
     if (k < 0) k = 0;
 
     if (clamp) {   /* np.maximum(per_seed, 0.0): a power mean needs terms >= 0 (NaN stays NaN) */
         for (Py_ssize_t i = 0; i < seeds * columns; i++)
             sims[i] = sims[i] < 0.0f ? 0.0f : sims[i];
     }
-    int sparse = links != Py_None || colisten != Py_None;
-    if (sparse) {
-        linked = calloc((size_t)(seeds * columns), 1);
+    int links = artist_weight > 0;
+    if (links || colisten) {
+        linked = calloc((size_t)(seeds * columns > 0 ? seeds * columns : 1), 1);
         if (!linked) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t c = 0; c < columns; c++) positions[candidates[c]] = (int32_t)c;
         positions_set = 1;
-        if (links != Py_None && add_sparse(sims, linked, positions, n, links, seeds, artist_weight, 1, "links") < 0)
-            goto done;
-        if (colisten != Py_None && add_sparse(sims, linked, positions, n, colisten, seeds, colisten_weight, 2,
-                                              "colisten") < 0) goto done;
+        if (links) add_links(sims, linked, positions, cat, seed_rows, seeds, columns, artist_weight, artist_share);
+        if (colisten) add_colisten(sims, linked, positions, cat, seed_rows, seeds, colisten_weight);
     }
     score = malloc((size_t)(columns ? columns : 1) * sizeof(float));
     col_pop = malloc((size_t)(columns ? columns : 1) * sizeof(int16_t));
@@ -315,7 +470,6 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     because_out = PyList_New(taken);
     reasons_out = PyList_New(taken);
     if (!rows_out || !scores_out || !because_out || !reasons_out) goto done;
-    const int64_t *seed_rows = seed_b.buf;
     for (Py_ssize_t i = 0; i < taken; i++) {
         Py_ssize_t c = chosen[i], best = 0;
         const float *cells = sims + c * seeds;
@@ -353,9 +507,7 @@ done:
     if (cand_b.obj) PyBuffer_Release(&cand_b);
     if (seed_b.obj) PyBuffer_Release(&seed_b);
     if (weight_b.obj) PyBuffer_Release(&weight_b);
-    if (pop_b.obj) PyBuffer_Release(&pop_b);
     if (pen_b.obj) PyBuffer_Release(&pen_b);
-    if (key_b.obj) PyBuffer_Release(&key_b);
     if (pos_b.obj) PyBuffer_Release(&pos_b);
     return result;
 }
@@ -393,10 +545,11 @@ static Py_ssize_t drain(uint64_t *marks, uint64_t *summary, Py_ssize_t n, const 
 }
 
 PyDoc_STRVAR(candidates_doc,
-"candidates(table, seed_rows, depth, extras, song_key, banned_songs, marks, out) -> count\n\n"
-"The sorted union of each seed's first `depth` neighbour-table entries (negative ones skipped) and\n"
-"every row of the `extras` arrays, less the rows whose song key is in `banned_songs`, written to\n"
-"`out`. `marks` is a two-level bitmap, all zero before and after: one bit per row (bitmap_words(n)\n"
+"candidates(catalog, seed_rows, depth, artist_cap, colisten, banned_songs, marks, out) -> count\n\n"
+"The sorted union of each seed's first `depth` neighbour-table entries (negative ones skipped), the\n"
+"first `artist_cap` tracks of each of its artists and, with `colisten`, its co-listened tracks, less\n"
+"the rows whose song key is in `banned_songs`, written to `out` (int64, at least as long as the\n"
+"catalog). `marks` is a two-level bitmap, all zero before and after: one bit per row (bitmap_words(n)\n"
 "uint64 words), then one bit per word of those, so reading the rows back visits only marked words.");
 
 static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -405,44 +558,34 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_Format(PyExc_TypeError, "candidates() takes 8 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
-    if (depth == -1 && PyErr_Occurred()) return NULL;
-    PyObject *extras = args[3];
-    if (!PyList_Check(extras)) {
-        PyErr_SetString(PyExc_TypeError, "extras: expected a list of int64 arrays");
+    Catalog *cat = catalog_of(args[0]);
+    if (!cat) return NULL;
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]), cap = PyLong_AsSsize_t(args[3]);
+    int colisten = PyObject_IsTrue(args[4]);
+    if (((depth == -1 || cap == -1) && PyErr_Occurred()) || colisten < 0) return NULL;
+    if (!cat->has_table || (colisten && !cat->has_colisten)) {
+        PyErr_SetString(PyExc_ValueError, "candidates(): the catalog has no neighbour table, or no co-listening one");
         return NULL;
     }
-    Py_buffer table_b = {0}, seed_b = {0}, key_b = {0}, banned_b = {0}, marks_b = {0}, out_b = {0};
+    Py_buffer seed_b = {0}, banned_b = {0}, marks_b = {0}, out_b = {0};
     PyObject *result = NULL;
     KeySet banned = {0};
-    Py_ssize_t count = 0;
+    Py_ssize_t count = 0, n = cat->n, width = cat->width;
     uint64_t *marks = NULL, *summary = NULL;
 
-    if (get(args[0], &table_b, 'i', 4, 0, "table") < 0) goto done;
     if (get(args[1], &seed_b, 'i', 8, 0, "seed_rows") < 0) goto done;
-    if (get(args[4], &key_b, 'i', 4, 0, "song_key") < 0) goto done;
     if (get(args[5], &banned_b, 'i', 4, 0, "banned_songs") < 0) goto done;
     if (get(args[6], &marks_b, 'u', 8, 1, "marks") < 0) goto done;
     if (get(args[7], &out_b, 'i', 8, 1, "out") < 0) goto done;
-    Py_ssize_t n = ITEMS(key_b), seeds = ITEMS(seed_b), capacity = ITEMS(out_b);
-    if (table_b.ndim != 2 || table_b.shape[0] != n || depth < 0 || depth > table_b.shape[1] ||
-        ITEMS(marks_b) < bitmap_words(n)) {
+    if (depth < 0 || depth > width || cap < 0 || ITEMS(marks_b) < bitmap_words(n) || ITEMS(out_b) < n) {
         PyErr_SetString(PyExc_ValueError, "candidates(): array shapes do not agree");
         goto done;
     }
-    Py_ssize_t width = table_b.shape[1], needed = seeds * depth;
-    for (Py_ssize_t e = 0; e < PyList_GET_SIZE(extras); e++) {
-        PyObject *extra = PyList_GET_ITEM(extras, e);
-        Py_ssize_t size = PyObject_Length(extra);
-        if (size < 0) goto done;
-        needed += size;
-    }
-    if (capacity < needed) {
-        PyErr_SetString(PyExc_ValueError, "candidates(): out is too small");
-        goto done;
-    }
-    const int32_t *table = table_b.buf, *song_key = key_b.buf, *banned_keys = banned_b.buf;
+    const int32_t *table = cat->table.buf, *song_key = cat->song_key.buf, *banned_keys = banned_b.buf;
+    const int64_t *track_bounds = cat->track_bounds.buf, *artist_bounds = cat->artist_bounds.buf;
+    const int32_t *track_artists = cat->track_artists.buf, *artist_rows = cat->artist_rows.buf;
     const int64_t *seed_rows = seed_b.buf;
+    Py_ssize_t seeds = ITEMS(seed_b);
     marks = marks_b.buf;
     summary = marks + (n + 63) / 64;
     int64_t *out = out_b.buf;
@@ -465,20 +608,19 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
             }
             MARK(hit);
         }
-    }
-    for (Py_ssize_t e = 0; e < PyList_GET_SIZE(extras); e++) {
-        Py_buffer extra_b;
-        if (get(PyList_GET_ITEM(extras, e), &extra_b, 'i', 8, 0, "extras") < 0) goto done;
-        const int64_t *rows = extra_b.buf;
-        for (Py_ssize_t i = 0; i < ITEMS(extra_b); i++) {
-            if (rows[i] < 0 || rows[i] >= n) {
-                PyBuffer_Release(&extra_b);
-                PyErr_SetString(PyExc_IndexError, "candidates(): an extra row is outside the catalog");
-                goto done;
+        if (cap > 0) {   /* the catalog's rows are checked: no range test below */
+            for (int64_t a = track_bounds[row]; a < track_bounds[row + 1]; a++) {
+                int32_t artist = track_artists[a];
+                int64_t first = artist_bounds[artist], last = artist_bounds[artist + 1];
+                if (last - first > cap) last = first + cap;
+                for (int64_t i = first; i < last; i++) MARK(artist_rows[i]);
             }
-            MARK(rows[i]);
         }
-        PyBuffer_Release(&extra_b);
+        if (colisten) {
+            const int64_t *indptr = cat->col_indptr.buf;
+            const int32_t *indices = cat->col_indices.buf;
+            for (int64_t i = indptr[row]; i < indptr[row + 1]; i++) MARK(indices[i]);
+        }
     }
 #undef MARK
     if (keyset_init(&banned, ITEMS(banned_b)) < 0) goto done;
@@ -489,9 +631,7 @@ static PyObject *candidates(PyObject *self, PyObject *const *args, Py_ssize_t na
 done:
     if (marks && !result) drain(marks, summary, n, NULL, NULL, NULL);   /* an error: only clear */
     keyset_free(&banned);
-    if (table_b.obj) PyBuffer_Release(&table_b);
     if (seed_b.obj) PyBuffer_Release(&seed_b);
-    if (key_b.obj) PyBuffer_Release(&key_b);
     if (banned_b.obj) PyBuffer_Release(&banned_b);
     if (marks_b.obj) PyBuffer_Release(&marks_b);
     if (out_b.obj) PyBuffer_Release(&out_b);
@@ -508,6 +648,7 @@ static PyObject *py_bitmap_words(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"bitmap_words", py_bitmap_words, METH_O, "bitmap_words(n): the uint64 words candidates() needs as marks for n rows."},
+    {"catalog", (PyCFunction)(void (*)(void))catalog, METH_FASTCALL, catalog_doc},
     {"score", (PyCFunction)(void (*)(void))score, METH_FASTCALL, score_doc},
     {"candidates", (PyCFunction)(void (*)(void))candidates, METH_FASTCALL, candidates_doc},
     {NULL, NULL, 0, NULL},

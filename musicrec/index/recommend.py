@@ -22,6 +22,8 @@ a few thousand of them per answer, scored with one BLAS product and vectorised n
 catalog is only scanned in full when filters leave too few hits (exact fallback). Where it
 covers the query, the compiled kernel (``_kernel.c``) does the union of the candidates and the
 scoring after the product in one call each, with numpy's arithmetic: the same answer, bit for bit.
+It reads the seeds' artists', albums' and co-listened tracks from tables handed to it once per
+version (``_affinity_tables``), where numpy builds them per seed from per-track caches.
 """
 from __future__ import annotations
 
@@ -192,9 +194,9 @@ def seeds_from_events(events: Iterable[tuple[str, str]], row_of: dict[str, int],
 class Recommender:
     """Scores candidates for one artefact version; safe for concurrent searches.
 
-    Its mutable state is the neighbour memo and the per-track link caches, which never change an
-    answer, and per-thread scratch maps (row -> position, banned songs, the candidate bitmap) that
-    every scoring leaves as it found it.
+    Its mutable state is the neighbour memo and the numpy path's per-track link caches, which never
+    change an answer, per-thread scratch maps (row -> position, banned songs, the candidate bitmap)
+    that every scoring leaves as it found it, and a per-thread buffer for the kernel's candidate list.
     """
 
     def __init__(self, embeddings: np.ndarray, index: faiss.Index, tracks: TrackTable,
@@ -211,6 +213,7 @@ class Recommender:
         self._no_colisten = params.with_blend({name: getattr(ScoringParams, name) for name in ScoringParams.BLEND})
         self.n = len(tracks)
         self.colisten = colisten
+        self._colisten_indptr = np.asarray(colisten.indptr) if colisten is not None else None  # a memmap's plain view
         self._memo = None
         if memo and index is not None:
             self._memo = NeighbourMemo.for_index(index, self.n, params.min_depth, table=neighbours)
@@ -223,6 +226,13 @@ class Recommender:
         if compiled and _kernel is None:
             log.warning("musicrec.index._kernel is not built (no C compiler at install?): scoring with numpy "
                         "alone, several times slower per answer; reinstall with a compiler to build it")
+        # What the kernel reads for every answer, handed over (and checked) once per version.
+        self._catalog = None
+        if self._kernel is not None:
+            table = self._memo.table if self._memo is not None and self._memo.complete else None
+            col = (colisten.indptr, colisten.indices, colisten.weights) if colisten is not None else (None,) * 3
+            self._catalog = self._kernel.catalog(tracks.song_key, tracks.popularity, table,
+                                                 *_affinity_tables(tracks), *col)
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
@@ -235,30 +245,28 @@ class Recommender:
         if not query.seeds:
             return self._popular(query.k, query.filters, query.exclude)
         p = self.params
-        seed_rows = np.fromiter((s.row for s in query.seeds), dtype=np.int64, count=len(query.seeds))
-        weights = np.fromiter((s.weight for s in query.seeds), dtype=np.float32, count=len(query.seeds))
+        rows, seed_weights = zip(*query.seeds)
+        seed_rows = np.array(rows, dtype=np.int64)
+        weights = np.array(seed_weights, dtype=np.float32)
         seed_vecs = self._rows(seed_rows)
-        neg_rows = _unique(np.asarray(query.negatives, dtype=np.int64))
-        banned = _unique(np.concatenate([seed_rows, neg_rows, np.asarray(query.exclude, dtype=np.int64)]))
-        colisten = None
+        # Sorted sets of a few dozen rows: Python's set and sort cost less than numpy's calls here.
+        neg_rows = np.array(sorted(set(query.negatives)), dtype=np.int64) if len(query.negatives) else _NO_ROWS
+        banned = np.array(sorted({*rows, *query.negatives, *query.exclude}), dtype=np.int64)
+        colistened = False
         if self.colisten is not None and p.colisten_weight > 0:
-            colisten = self._seed_colisten(seed_rows)
-            if not len(colisten.rows):
-                p, colisten = self._no_colisten, None
+            indptr = self._colisten_indptr
+            colistened = bool((indptr[seed_rows + 1] != indptr[seed_rows]).any())
+            if not colistened:
+                p = self._no_colisten
         artist_weight = p.artist_weight if query.artist_weight is None else query.artist_weight
         ctx = _Context(query, p, seed_rows, seed_vecs, weights[:, None], neg_rows, banned,
-                       self.tracks.song_key.take(banned), artist_weight,
-                       self._seed_links(seed_rows) if artist_weight > 0 else None, colisten,
-                       bool(weights.min() >= 0))
-        extra = [ctx.links.candidates] if ctx.links is not None else []
-        if colisten is not None:
-            extra.append(colisten.rows)
+                       self.tracks.song_key.take(banned), artist_weight, colistened, min(seed_weights) >= 0)
 
-        depth = self._depth(query.k + len(banned), len(seed_rows), colisten is not None)
+        depth = self._depth(query.k + len(banned), len(seed_rows), colistened)
         for _ in range(p.max_rounds):
             if depth * 4 >= self.n:
                 break  # a search this deep costs as much as the exact scan below
-            hits = self._score(self._candidates(seed_rows, seed_vecs, depth, extra, ctx.banned_songs), ctx)
+            hits = self._score(self._candidates(depth, ctx), ctx)
             if len(hits.rows) >= query.k:
                 return hits
             depth *= 4
@@ -288,19 +296,23 @@ class Recommender:
             floor = max(p.colisten_depth, min(p.min_depth, -(-p.ann_rows // seeds)))
         return max(floor, -(-(wanted + 16) // seeds))
 
-    def _candidates(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int, extra: list[np.ndarray],
-                    banned_songs: np.ndarray) -> np.ndarray:
-        """Sorted unique int64 rows: each seed's ``depth`` nearest tracks and the ``extra`` rows, less banned songs."""
-        memo = self._memo
-        if self._kernel is not None and memo is not None and memo.complete and memo.serves(depth):
-            out = np.empty(len(seed_rows) * depth + sum(len(rows) for rows in extra), dtype=np.int64)
-            count = self._kernel.candidates(memo.table, seed_rows, depth, extra, self.tracks.song_key, banned_songs,
-                                            self._marks(), out)
-            return out[:count]
-        rows = _unique_rows(self._search(seed_rows, seed_vecs, depth),
+    def _candidates(self, depth: int, ctx: "_Context") -> np.ndarray:
+        """Sorted unique int64 rows: each seed's ``depth`` nearest tracks, its artists' tracks (capped) and its
+        co-listened tracks, less banned songs."""
+        memo, p = self._memo, ctx.params
+        cap = p.per_artist_candidates if ctx.artist_weight > 0 else 0
+        if self._catalog is not None and memo is not None and memo.complete and memo.serves(depth):
+            out = self._out()
+            count = self._kernel.candidates(self._catalog, ctx.seed_rows, depth, cap, ctx.colistened,
+                                            ctx.banned_songs, self._marks(), out)
+            return out[:count].copy()  # the scratch is reused by this thread's next answer
+        extra = [self._link_terms(ctx).candidates] if cap else []
+        if ctx.colistened:
+            extra.append(self._colisten_terms(ctx).rows)
+        rows = _unique_rows(self._search(ctx.seed_rows, ctx.seed_vecs, depth),
                             np.concatenate(extra) if extra else np.empty(0, np.int64))
         # A banned row's song key is among the banned songs, so one lookup covers both.
-        return rows[self._song_allowed(banned_songs, self.tracks.song_key.take(rows))]
+        return rows[self._song_allowed(ctx.banned_songs, self.tracks.song_key.take(rows))]
 
     def _search(self, seed_rows: np.ndarray, seed_vecs: np.ndarray, depth: int) -> np.ndarray:
         """Row numbers of each seed's ``depth`` nearest tracks (any order, repeats allowed).
@@ -362,29 +374,27 @@ class Recommender:
             penalty = p.skip_penalty * np.maximum(neg.max(axis=0), 0.0)
         mean = p.seed_power == 1.0 and len(ctx.seed_rows) > 1
         covered = math.isinf(p.seed_power) or mean or len(ctx.seed_rows) == 1  # max, mean, or one seed
-        if self._kernel is not None and q.diversity <= 0 and covered:
+        if self._catalog is not None and q.diversity <= 0 and covered:
             # The rest of this method, numpy's arithmetic in one compiled call (musicrec/index/_kernel.c),
             # on the product as BLAS wrote it: no transposing copy.
-            links = ctx.links.terms.per_seed if ctx.artist_weight > 0 else None
-            colisten = ctx.colisten.terms.per_seed if ctx.colisten is not None else None
             prior_scale = p.popularity_weight / 100.0 if p.popularity_weight > 0 else 0.0
             return Ranked(*self._kernel.score(
-                sims, candidates, ctx.seed_rows, ctx.weights, links, ctx.artist_weight, colisten, p.colisten_weight,
-                not math.isinf(p.seed_power), mean, t.popularity, prior_scale, penalty, t.song_key, q.k,
-                self._positions(), _REASON_NAMES))
+                self._catalog, sims, candidates, ctx.seed_rows, ctx.weights, max(ctx.artist_weight, 0.0),
+                p.artist_share, p.colisten_weight if ctx.colistened else None, not math.isinf(p.seed_power), mean,
+                prior_scale, penalty, q.k, self._positions(), _REASON_NAMES))
         per_seed = np.ascontiguousarray(sims.T)  # seeds x candidates: numpy reduces along contiguous rows
         # What linked each (seed, candidate) cell, for ``reason``: 1 artist/album, 2 co-listening (set last, wins).
         linked = np.zeros((len(ctx.seed_rows), len(candidates)), dtype=np.uint8) \
-            if ctx.artist_weight > 0 or ctx.colisten is not None else None
+            if ctx.artist_weight > 0 or ctx.colistened else None
         if not math.isinf(p.seed_power):
             np.maximum(per_seed, 0.0, out=per_seed)  # a power mean needs terms >= 0
         positions = self._positions()
         positions[candidates] = np.arange(len(candidates), dtype=np.int32)
         try:
             if ctx.artist_weight > 0:
-                _add_sparse(per_seed, linked, positions, *ctx.links.terms.flat(), ctx.artist_weight, 1)
-            if ctx.colisten is not None:
-                _add_sparse(per_seed, linked, positions, *ctx.colisten.terms.flat(), p.colisten_weight, 2)
+                _add_sparse(per_seed, linked, positions, *self._link_terms(ctx).terms.flat(), ctx.artist_weight, 1)
+            if ctx.colistened:
+                _add_sparse(per_seed, linked, positions, *self._colisten_terms(ctx).terms.flat(), p.colisten_weight, 2)
         finally:
             positions[candidates] = -1  # the map is back to all -1 for the next request
         per_seed *= ctx.weights
@@ -442,6 +452,18 @@ class Recommender:
         self._links[row] = links
         return links
 
+    def _link_terms(self, ctx: "_Context") -> "_Links":
+        """The numpy path's artist and album terms for this request's seeds, made once per request."""
+        if ctx.links is None:
+            ctx.links = self._seed_links(ctx.seed_rows)
+        return ctx.links
+
+    def _colisten_terms(self, ctx: "_Context") -> "_Colisten":
+        """The numpy path's co-listening terms for this request's seeds, made once per request."""
+        if ctx.colisten is None:
+            ctx.colisten = self._seed_colisten(ctx.seed_rows)
+        return ctx.colisten
+
     def _seed_links(self, seed_rows: np.ndarray) -> "_Links":
         """The seeds' artist and album tracks for one request.
 
@@ -474,6 +496,13 @@ class Recommender:
         if marks is None:
             marks = self._scratch.marks = np.zeros(self._kernel.bitmap_words(self.n), dtype=np.uint64)
         return marks
+
+    def _out(self) -> np.ndarray:
+        """This thread's catalog-long int64 array for the kernel's candidate union to be written into."""
+        out = getattr(self._scratch, "out", None)
+        if out is None:
+            out = self._scratch.out = np.empty(self.n, dtype=np.int64)
+        return out
 
     def _positions(self) -> np.ndarray:
         """This thread's catalog-long row -> candidate position map, all -1 between uses.
@@ -523,6 +552,36 @@ class Recommender:
                     in_genre |= np.isin(rows, members)
             mask &= in_genre
         return mask
+
+
+def _affinity_tables(tracks: TrackTable) -> tuple[np.ndarray, ...]:
+    """The artist and album tables the kernel reads a(s, c) from, derived once from the track table.
+
+    (track_bounds, track_artists): each track's artists as numbers (CSR, by row); (artist_bounds,
+    artist_rows): each artist's tracks, most popular first, as ``tracks.artist_rows`` holds them;
+    album_of: each track's album number, -1 for none; (album_bounds, album_rows): each album's tracks.
+    A track's artists are those whose track lists hold it, so they are the ones ``_track_links``
+    finds by name.
+    """
+    n = len(tracks)
+    artist_bounds, artist_rows = _packed(list(tracks.artist_rows.values()))
+    owners = np.repeat(np.arange(len(artist_bounds) - 1, dtype=np.int32), np.diff(artist_bounds))
+    by_track = np.argsort(artist_rows, kind="stable")
+    track_artists = owners[by_track]
+    track_bounds = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(artist_rows, minlength=n), out=track_bounds[1:])
+    album_bounds, album_rows = _packed(list(tracks.album_rows.values()))
+    album_of = np.full(n, -1, dtype=np.int32)
+    album_of[album_rows] = np.repeat(np.arange(len(album_bounds) - 1, dtype=np.int32), np.diff(album_bounds))
+    return track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows
+
+
+def _packed(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets, int32 items) of a list of row arrays, end to end."""
+    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)), out=bounds[1:])
+    items = np.concatenate(groups).astype(np.int32, copy=False) if groups else np.empty(0, np.int32)
+    return bounds, items
 
 
 class NeighbourMemo:
@@ -628,7 +687,7 @@ class _Colisten:
     terms: _Terms       # each seed's (rows, l(s, c))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Context:
     query: Query
     params: ScoringParams     # the blend for this request (see ``Recommender._no_colisten``)
@@ -639,9 +698,12 @@ class _Context:
     banned: np.ndarray
     banned_songs: np.ndarray
     artist_weight: float
-    links: _Links | None
-    colisten: _Colisten | None = None
+    colistened: bool          # some seed has co-listened tracks (and the blend weighs them)
     nonnegative: bool = True  # every seed weight >= 0: no power mean exceeds its column's max (``_scores``)
+    # The numpy path's per-seed terms, made when it first needs them (``Recommender._link_terms``, ``_colisten_terms``):
+    # the kernel reads the catalog's tables instead.
+    links: _Links | None = None
+    colisten: _Colisten | None = None
 
 
 def _find(sorted_set: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -735,6 +797,9 @@ def _scores(per_seed: np.ndarray, power: float, prior: np.ndarray | None, penalt
     score[cols] = exact
     return score, cols
 
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
 _REASON_NAMES = (SOUNDS_LIKE, SAME_ARTIST, CO_LISTENED)  # by link flag
 _REASON_OF = np.array(_REASON_NAMES, dtype=object)
