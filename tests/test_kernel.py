@@ -148,16 +148,16 @@ def test_diversity_and_other_power_means_stay_with_numpy(monkeypatch: pytest.Mon
 
 def _catalog_of(table: np.ndarray | None = TABLE, colisten: bool = True, **change: np.ndarray) -> object:
     arrays = dict(zip(("track_bounds", "track_artists", "artist_bounds", "artist_rows", "album_of", "album_bounds",
-                       "album_rows"), recommend._affinity_tables(TRACKS)))
+                       "album_rows"), TRACKS.link_tables))
     col = (COLISTEN.indptr, COLISTEN.indices, COLISTEN.weights) if colisten else (None,) * 3
     return recommend._kernel.catalog(TRACKS.song_key, TRACKS.popularity, table, *{**arrays, **change}.values(), *col)
 
 
 @needs_kernel
-def test_the_affinity_tables_are_the_per_track_links() -> None:
+def test_the_link_tables_are_the_per_track_links() -> None:
     """The kernel's artist and album tables say what ``_track_links`` finds by name, for every track."""
     track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows = \
-        recommend._affinity_tables(TRACKS)
+        TRACKS.link_tables
     rec = Recommender(VECTORS, INDEX, TRACKS, ScoringParams(), neighbours=TABLE)
     share = np.float32(rec.params.artist_share)
     for row in range(N):
@@ -215,7 +215,7 @@ def test_the_candidate_union_is_sorted_unique_and_leaves_the_bitmap_clean() -> N
     catalog = _catalog_of()
     marks = np.zeros(kernel.bitmap_words(N), dtype=np.uint64)
     seeds = np.array([4, 70])
-    track_bounds, track_artists, artist_bounds, artist_rows = recommend._affinity_tables(TRACKS)[:4]
+    track_bounds, track_artists, artist_bounds, artist_rows = TRACKS.link_tables[:4]
     artists = [artist_rows[artist_bounds[a]:artist_bounds[a] + 3] for s in seeds
                for a in track_artists[track_bounds[s]:track_bounds[s + 1]]]
     co_listened = [COLISTEN.indices[COLISTEN.indptr[s]:COLISTEN.indptr[s + 1]] for s in seeds]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -183,6 +184,27 @@ class TrackTable:
     def genre_names(self) -> list[str]:
         return sorted(self.genre_rows)
 
+    @cached_property
+    def link_tables(self) -> tuple[np.ndarray, ...]:
+        """The artist and album links as flat tables, for the compiled scorer (``musicrec.index._kernel``).
+
+        (track_bounds, track_artists): each track's artists as numbers (CSR, by row); (artist_bounds,
+        artist_rows): each artist's tracks, most popular first, as ``artist_rows`` holds them;
+        album_of: each track's album number, -1 for none; (album_bounds, album_rows): each album's
+        tracks. A track's artists are those whose lists hold it: the ones its ``artists`` name.
+        Derived once per table (a build's blend search makes many recommenders over one table).
+        """
+        n = len(self)
+        artist_bounds, artist_rows = _packed(list(self.artist_rows.values()))
+        owners = np.repeat(np.arange(len(artist_bounds) - 1, dtype=np.int32), np.diff(artist_bounds))
+        track_artists = owners[np.argsort(artist_rows, kind="stable")]
+        track_bounds = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(artist_rows, minlength=n), out=track_bounds[1:])
+        album_bounds, album_rows = _packed(list(self.album_rows.values()))
+        album_of = np.full(n, -1, dtype=np.int32)
+        album_of[album_rows] = np.repeat(np.arange(len(album_bounds) - 1, dtype=np.int32), np.diff(album_bounds))
+        return track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows
+
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, feature_names: list[str] | tuple[str, ...],
                    lookups: Mapping[str, np.ndarray] | None = None) -> "TrackTable":
@@ -340,3 +362,11 @@ def _popular_spread(genre_codes: np.ndarray, popularity: np.ndarray) -> np.ndarr
     rank = np.empty(len(rows), dtype=np.int64)             # position within its genre, in by_pop order
     rank[by_pop[in_genre]] = np.arange(len(rows)) - np.repeat(starts, np.diff(np.append(starts, len(rows))))
     return _sort_order(rank, rows, pop).astype(np.int32)
+
+
+def _packed(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets, int32 items) of a list of row arrays, end to end."""
+    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)), out=bounds[1:])
+    items = np.concatenate(groups).astype(np.int32, copy=False) if groups else np.empty(0, np.int32)
+    return bounds, items

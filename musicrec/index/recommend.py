@@ -23,7 +23,7 @@ catalog is only scanned in full when filters leave too few hits (exact fallback)
 covers the query, the compiled kernel (``_kernel.c``) does the union of the candidates and the
 scoring after the product in one call each, with numpy's arithmetic: the same answer, bit for bit.
 It reads the seeds' artists', albums' and co-listened tracks from tables handed to it once per
-version (``_affinity_tables``), where numpy builds them per seed from per-track caches.
+version (``TrackTable.link_tables``), where numpy builds them per seed from per-track caches.
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Recommender:
             table = self._memo.table if self._memo is not None and self._memo.complete else None
             col = (colisten.indptr, colisten.indices, colisten.weights) if colisten is not None else (None,) * 3
             self._catalog = self._kernel.catalog(tracks.song_key, tracks.popularity, table,
-                                                 *_affinity_tables(tracks), *col)
+                                                 *tracks.link_tables, *col)
 
     # -- public ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> list[Hit]:
@@ -552,36 +552,6 @@ class Recommender:
                     in_genre |= np.isin(rows, members)
             mask &= in_genre
         return mask
-
-
-def _affinity_tables(tracks: TrackTable) -> tuple[np.ndarray, ...]:
-    """The artist and album tables the kernel reads a(s, c) from, derived once from the track table.
-
-    (track_bounds, track_artists): each track's artists as numbers (CSR, by row); (artist_bounds,
-    artist_rows): each artist's tracks, most popular first, as ``tracks.artist_rows`` holds them;
-    album_of: each track's album number, -1 for none; (album_bounds, album_rows): each album's tracks.
-    A track's artists are those whose track lists hold it, so they are the ones ``_track_links``
-    finds by name.
-    """
-    n = len(tracks)
-    artist_bounds, artist_rows = _packed(list(tracks.artist_rows.values()))
-    owners = np.repeat(np.arange(len(artist_bounds) - 1, dtype=np.int32), np.diff(artist_bounds))
-    by_track = np.argsort(artist_rows, kind="stable")
-    track_artists = owners[by_track]
-    track_bounds = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(artist_rows, minlength=n), out=track_bounds[1:])
-    album_bounds, album_rows = _packed(list(tracks.album_rows.values()))
-    album_of = np.full(n, -1, dtype=np.int32)
-    album_of[album_rows] = np.repeat(np.arange(len(album_bounds) - 1, dtype=np.int32), np.diff(album_bounds))
-    return track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows
-
-
-def _packed(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, int32 items) of a list of row arrays, end to end."""
-    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)), out=bounds[1:])
-    items = np.concatenate(groups).astype(np.int32, copy=False) if groups else np.empty(0, np.int32)
-    return bounds, items
 
 
 class NeighbourMemo:
