@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from musicrec.index.packing import pack_inverted, pack_strings, pack_text, unpack_inverted, unpack_strings, unpack_text
+from musicrec.index.packing import (
+    pack_inverted, pack_rows, pack_strings, pack_text, unpack_inverted, unpack_strings, unpack_text,
+)
 
 TEXT_COLUMNS = ("id", "name", "artists", "artist", "album", "genre", "genres")
 
@@ -195,12 +197,12 @@ class TrackTable:
         Derived once per table (a build's blend search makes many recommenders over one table).
         """
         n = len(self)
-        artist_bounds, artist_rows = _packed(list(self.artist_rows.values()))
+        artist_bounds, artist_rows = pack_rows(list(self.artist_rows.values()))
         owners = np.repeat(np.arange(len(artist_bounds) - 1, dtype=np.int32), np.diff(artist_bounds))
         track_artists = owners[np.argsort(artist_rows, kind="stable")]
         track_bounds = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(artist_rows, minlength=n), out=track_bounds[1:])
-        album_bounds, album_rows = _packed(list(self.album_rows.values()))
+        album_bounds, album_rows = pack_rows(list(self.album_rows.values()))
         album_of = np.full(n, -1, dtype=np.int32)
         album_of[album_rows] = np.repeat(np.arange(len(album_bounds) - 1, dtype=np.int32), np.diff(album_bounds))
         return track_bounds, track_artists, artist_bounds, artist_rows, album_of, album_bounds, album_rows
@@ -363,10 +365,3 @@ def _popular_spread(genre_codes: np.ndarray, popularity: np.ndarray) -> np.ndarr
     rank[by_pop[in_genre]] = np.arange(len(rows)) - np.repeat(starts, np.diff(np.append(starts, len(rows))))
     return _sort_order(rank, rows, pop).astype(np.int32)
 
-
-def _packed(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets, int32 items) of a list of row arrays, end to end."""
-    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)), out=bounds[1:])
-    items = np.concatenate(groups).astype(np.int32, copy=False) if groups else np.empty(0, np.int32)
-    return bounds, items

@@ -28,12 +28,18 @@ def unpack_strings(arrays: Mapping[str, np.ndarray], name: str) -> list[str]:
     return [text[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
+def pack_rows(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 bounds from 0, int32 rows end to end) of row arrays: group i is ``rows[bounds[i]:bounds[i + 1]]``."""
+    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)), out=bounds[1:])
+    rows = np.concatenate(groups).astype(np.int32, copy=False) if groups else np.empty(0, np.int32)
+    return bounds, rows
+
+
 def pack_inverted(name: str, inverted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """key → int32 rows as (keys, bounds, all rows concatenated), keys in the dict's order."""
-    lengths = np.fromiter((len(rows) for rows in inverted.values()), dtype=np.int64, count=len(inverted))
-    rows = np.concatenate(list(inverted.values())) if inverted else np.empty(0, np.int32)
-    return {**pack_strings(name, list(inverted)), f"{name}__bounds": np.concatenate([[0], np.cumsum(lengths)]),
-            f"{name}__rows": rows.astype(np.int32)}
+    bounds, rows = pack_rows(list(inverted.values()))
+    return {**pack_strings(name, list(inverted)), f"{name}__bounds": bounds, f"{name}__rows": rows}
 
 
 def pack_text(name: str, text: pa.Array) -> dict[str, np.ndarray]:

@@ -379,7 +379,7 @@ class Recommender:
             # on the product as BLAS wrote it: no transposing copy.
             prior_scale = p.popularity_weight / 100.0 if p.popularity_weight > 0 else 0.0
             return Ranked(*self._kernel.score(
-                self._catalog, sims, candidates, ctx.seed_rows, ctx.weights, max(ctx.artist_weight, 0.0),
+                self._catalog, sims, candidates, ctx.seed_rows, ctx.weights, ctx.artist_weight,
                 p.artist_share, p.colisten_weight if ctx.colistened else None, not math.isinf(p.seed_power), mean,
                 prior_scale, penalty, q.k, self._positions(), _REASON_NAMES))
         per_seed = np.ascontiguousarray(sims.T)  # seeds x candidates: numpy reduces along contiguous rows
